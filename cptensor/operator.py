@@ -1,0 +1,59 @@
+"""The ``TensorOperator`` protocol: tensors that are never held densely.
+
+A structured tensor (a stream of blocks read from disk, a stack of low-rank blocks, ...)
+takes part in fitting and analysis by implementing the few contractions CP algorithms
+need. ``fit_als``, ``norm``, ``inner``, ``mttkrp``, ``mttkrp_all``, ``core_consistency``
+and ``rank_sweep`` accept such an object wherever they accept a dense array.
+
+An implementation sets the class attribute ``__cptensor_operator__ = True`` and provides
+the members of :class:`TensorOperator`. Concrete operators live in
+``cptensor.structured``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from ._backend import Array
+
+
+@runtime_checkable
+class TensorOperator(Protocol):
+    """What a structured tensor provides so that CP algorithms can use it.
+
+    All returned arrays are of the operator's backend, device and dtype.
+    """
+
+    __cptensor_operator__: bool
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of the (virtual) dense tensor."""
+        ...
+
+    @property
+    def dtype(self) -> Any:
+        """The dtype of the values."""
+        ...
+
+    def mttkrp(self, factors: Sequence[Array], mode: int) -> Array:
+        """``unfold(X, mode) @ khatri_rao(factors, skip=mode)``, shape ``(I_mode, R)``."""
+        ...
+
+    def mttkrp_all(self, factors: Sequence[Array]) -> list[Array]:
+        """The MTTKRP of every mode with the same factors (one pass where possible)."""
+        ...
+
+    def norm(self) -> float:
+        """The Frobenius norm ``‖X‖`` (accumulated in float64)."""
+        ...
+
+    def to_dense(self) -> Array:
+        """The dense tensor (for tests and small cases only)."""
+        ...
+
+
+def is_operator(x: object) -> bool:
+    """True when ``x`` declares itself a :class:`TensorOperator`."""
+    return bool(getattr(type(x), "__cptensor_operator__", False))
