@@ -14,8 +14,20 @@ is given and returning results of the same backend, device and dtype.
 True
 """
 
+from . import init
 from .algebra import arrange, cp_mode_product, fix_signs, inner, norm, normalize, permute
+from .analysis import (
+    congruence,
+    core_consistency,
+    degeneracy,
+    explained_variance,
+    matrix_rank_profile,
+    multilinear_rank,
+    rank_sweep,
+    score,
+)
 from .cp import CPTensor
+from .fit import CPFit, fit_als, fit_gradient
 from .operator import TensorOperator, is_operator
 from .products import (
     fold,
@@ -28,19 +40,24 @@ from .products import (
     unfold,
 )
 from .reconstruct import entries, fix_modes, reconstruct, reconstruct_unfolded
+from .structured import BlockTensor, LowRankBlockTensor
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CPFit",
     "CPTensor",
     "TensorOperator",
     "__version__",
     "arrange",
     "cp_mode_product",
     "entries",
+    "fit_als",
+    "fit_gradient",
     "fix_modes",
     "fix_signs",
     "fold",
+    "init",
     "inner",
     "is_operator",
     "khatri_rao",
@@ -55,4 +72,17 @@ __all__ = [
     "reconstruct",
     "reconstruct_unfolded",
     "unfold",
+]
+
+__all__ += [  # rank analysis and structured tensors
+    "BlockTensor",
+    "LowRankBlockTensor",
+    "congruence",
+    "core_consistency",
+    "degeneracy",
+    "explained_variance",
+    "matrix_rank_profile",
+    "multilinear_rank",
+    "rank_sweep",
+    "score",
 ]

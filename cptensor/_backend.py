@@ -88,6 +88,19 @@ def to_numpy(x: Array) -> np.ndarray:
     return np.asarray(x)
 
 
+def contiguous(x: Array) -> Array:
+    """``x`` with a row-major (C-contiguous) layout: ``x`` itself when it already has one.
+
+    Only the layout changes (never the backend, device or dtype); used before products
+    whose speed depends on unit-stride operands.
+    """
+    if is_numpy(x):
+        return np.ascontiguousarray(x)
+    if is_torch(x):
+        return x.contiguous()
+    return x
+
+
 def asarray_like(values: Any, like: Array, dtype: Any = None) -> Array:
     """``values`` as an array of ``like``'s backend, device and (unless given) dtype."""
     xp = namespace(like)

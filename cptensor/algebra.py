@@ -16,7 +16,7 @@ from ._backend import (
 )
 from .cp import CPTensor
 from .operator import is_operator
-from .products import _check_tensor_and_factors, _mttkrp_one
+from .products import _mttkrp_one
 
 __all__ = ["arrange", "cp_mode_product", "fix_signs", "inner", "norm", "normalize", "permute"]
 
@@ -74,37 +74,41 @@ def inner(a: Any, b: Any) -> Any:
     a_cp, b_cp = isinstance(a, CPTensor), isinstance(b, CPTensor)
     if a_cp and b_cp:
         if a.shape != b.shape:
-            raise ValueError(f"a has shape {a.shape} but b has shape {b.shape}")
+            raise ValueError(f"shapes differ: a has shape {a.shape} but b has shape {b.shape}")
         namespace(a.factors[0], b.factors[0], names=["a", "b"])
         check_same_device_dtype([a.factors[0], b.factors[0]], ["a", "b"])
         return a.weights @ (_gram_hadamard(a.factors, b.factors) @ b.weights)
+    names = ("a", "b")
     if b_cp and not a_cp:
         a, b = b, a
         a_cp, b_cp = True, False
+        names = ("b", "a")
     if a_cp:
+        cp_name, other = names
         if is_operator(b):
-            _check_shapes(a.shape, tuple(b.shape))
+            _check_shapes(a.shape, tuple(b.shape), names)
             m = b.mttkrp(list(a.factors), 0)
             return a.xp.sum(m * a.factors[0] * a.weights)
         if not is_array(b):
             raise TypeError(
-                f"expected an array, CPTensor or TensorOperator, got {type(b).__name__}"
+                f"{other}: expected an array, CPTensor or TensorOperator, got {type(b).__name__}"
             )
-        _check_shapes(a.shape, shape_tuple(b))
-        _check_tensor_and_factors(b, list(a.factors), "cp.factors")
+        _check_shapes(a.shape, shape_tuple(b), names)
+        namespace(b, a.factors[0], names=[other, f"{cp_name}.factors[0]"])
+        check_same_device_dtype([a.factors[0], b], [cp_name, other])
         m = _mttkrp_one(b, list(a.factors), 0)
         return a.xp.sum(m * a.factors[0] * a.weights)
     if is_operator(a) or is_operator(b):
         raise TypeError("inner of two TensorOperators is not supported; densify one side")
     xp = namespace(a, b, names=["a", "b"])
-    _check_shapes(shape_tuple(a), shape_tuple(b))
+    _check_shapes(shape_tuple(a), shape_tuple(b), ("a", "b"))
     check_same_device_dtype([a, b], ["a", "b"])
     return xp.sum(a * b)
 
 
-def _check_shapes(sa: tuple[int, ...], sb: tuple[int, ...]) -> None:
+def _check_shapes(sa: tuple[int, ...], sb: tuple[int, ...], names: tuple[str, str]) -> None:
     if sa != sb:
-        raise ValueError(f"shapes differ: {sa} (CP side) vs {sb} (other side)")
+        raise ValueError(f"shapes differ: {names[0]} has shape {sa} but {names[1]} has shape {sb}")
 
 
 def _check_cp(cp: Any, name: str = "cp") -> CPTensor:
@@ -129,7 +133,11 @@ def normalize(cp: CPTensor) -> CPTensor:
     w = cp.weights
     factors = []
     for f in cp.factors:
-        n = xp.linalg.vector_norm(f, axis=0)
+        # Scaled by the largest magnitude first (as BLAS nrm2 does), so that columns of
+        # tiny entries, whose squares underflow, are still normalized.
+        big = xp.max(xp.abs(f), axis=0)
+        big = xp.where(big > 0, big, xp.ones_like(big))
+        n = big * xp.linalg.vector_norm(f / big, axis=0)
         safe = xp.where(n > 0, n, xp.ones_like(n))
         factors.append(f / safe)
         w = w * n
@@ -198,6 +206,7 @@ def fix_signs(cp: CPTensor, reference: CPTensor | None = None) -> CPTensor:
                 f"shape {cp.shape} and rank {cp.rank}"
             )
         namespace(cp.factors[0], reference.factors[0], names=["cp", "reference"])
+        check_same_device_dtype([cp.factors[0], reference.factors[0]], ["cp", "reference"])
         scores = [xp.sum(f * g, axis=0) for f, g in zip(cp.factors, reference.factors)]
     else:
         scores = []

@@ -54,6 +54,13 @@ class TensorOperator(Protocol):
         ...
 
 
+# Optional members an operator may add (checked with ``hasattr``):
+#   residual_norm(cp) -> float   exact ‖X − cp‖ (e.g. streamed block by block), used by
+#                                fitting so that reported errors do not suffer from the
+#                                cancellation in ‖X‖² + ‖M‖² − 2⟨X, M⟩.
+#   inner_cp(cp) -> float        ⟨X, cp⟩ when cheaper than an MTTKRP.
+
+
 def is_operator(x: object) -> bool:
     """True when ``x`` declares itself a :class:`TensorOperator`."""
     return bool(getattr(type(x), "__cptensor_operator__", False))

@@ -11,11 +11,12 @@ This is TensorLy's convention. The matching Khatri–Rao order puts the *first* 
 slowest: ``khatri_rao([A, B])[i * J + j, r] == A[i, r] * B[j, r]``, so that
 ``unfold(x, n) @ khatri_rao(factors, skip=n)`` is the MTTKRP of mode ``n``.
 
-MTTKRP never forms the Khatri–Rao product of all other modes and never copies ``x`` into
-an unfolding: a row-major view of ``x`` as ``(left, I_n, right)`` is contracted with the
-Khatri–Rao product of one side in a GEMM, then with the other side in a batched product.
-``mttkrp_all`` shares work between modes (a dimension tree split once): two GEMMs over
-``x`` per sweep instead of one per mode.
+MTTKRP never forms the Khatri–Rao product of all other modes and never copies a
+contiguous ``x`` into an unfolding: a row-major view of ``x`` is contracted with the
+Khatri–Rao product of one block of the other modes in a GEMM (or a batched GEMM), then the
+much smaller intermediate with the Khatri–Rao product of the remaining block; blocks and
+order are chosen to keep intermediates small. ``mttkrp_all`` shares work between modes (a
+dimension tree split once): two passes over ``x`` per sweep instead of one per mode.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ from typing import Any
 from ._backend import (
     Array,
     check_same_device_dtype,
+    contiguous,
     device,
+    is_numpy,
+    is_torch,
     namespace,
     shape_tuple,
     validate_mode,
@@ -145,22 +149,33 @@ def khatri_rao(
     return _khatri_rao(kept, weights, like=matrices[0])
 
 
-def _khatri_rao(kept: Sequence[Array], weights: Array | None, like: Array) -> Array:
-    """Khatri–Rao of ``kept`` without validation; ``like`` supplies the empty case."""
+def _khatri_rao_t(kept: Sequence[Array], weights: Array | None, like: Array) -> Array:
+    """Rank-first Khatri–Rao product ``khatri_rao(kept, weights=weights).T``, shape
+    ``(R, ∏ I_k)``, row-major (no validation; ``like`` supplies the empty case).
+
+    Built in this layout because the inner loops then run over the long mode sizes rather
+    than over R, and because it is the operand layout the GEMMs below want.
+    """
     xp = namespace(like)
     rank = int(like.shape[1])
     if not kept:
-        out = xp.ones((1, rank), dtype=like.dtype, device=device(like))
-        return out if weights is None else out * weights
-    # Scale the smallest operand by the weights: the cheapest place to do it.
-    kept = list(kept)
+        out = xp.ones((rank, 1), dtype=like.dtype, device=device(like))
+        return out if weights is None else out * weights[:, None]
+    ts = [contiguous(m.T) for m in kept]  # (R, I_k)
     if weights is not None:
-        i = min(range(len(kept)), key=lambda k: int(kept[k].shape[0]))
-        kept[i] = kept[i] * weights
-    out = kept[0]
-    for m in kept[1:]:
-        out = xp.reshape(out[:, None, :] * m[None, :, :], (-1, rank))
+        # Scale the smallest operand by the weights: the cheapest place to do it.
+        i = min(range(len(ts)), key=lambda k: int(ts[k].shape[1]))
+        ts[i] = ts[i] * weights[:, None]
+    out = ts[0]
+    for t in ts[1:]:
+        out = xp.reshape(out[:, :, None] * t[:, None, :], (rank, -1))
     return out
+
+
+def _khatri_rao(kept: Sequence[Array], weights: Array | None, like: Array) -> Array:
+    """Khatri–Rao of ``kept`` (``(∏ I_k, R)``) without validation; ``like`` supplies the
+    empty case. The result is the transpose of a row-major ``(R, ∏ I_k)`` array."""
+    return _khatri_rao_t(kept, weights, like).T
 
 
 def kronecker(matrices: Sequence[Array]) -> Array:
@@ -193,7 +208,7 @@ def mode_product(x: Array, matrix: Array, mode: int, *, transpose: bool = False)
     >>> mode_product(x, np.ones((5, 3)), 1).shape
     (2, 5, 4)
     """
-    xp = namespace(x, matrix, names=["x", "matrix"])
+    namespace(x, matrix, names=["x", "matrix"])
     check_same_device_dtype([x, matrix], ["x", "matrix"])
     mode = validate_mode(mode, x.ndim)
     size = int(x.shape[mode])
@@ -203,8 +218,7 @@ def mode_product(x: Array, matrix: Array, mode: int, *, transpose: bool = False)
                 f"matrix is a vector of length {int(matrix.shape[0])}, expected {size} "
                 f"(the size of mode {mode} of x, shape {shape_tuple(x)})"
             )
-        moved = xp.moveaxis(x, mode, -1)
-        return xp.matmul(moved, matrix)
+        return _mode_product(x, matrix, mode)
     if matrix.ndim != 2:
         raise ValueError(f"matrix must be 1-D or 2-D, got shape {shape_tuple(matrix)}")
     m = matrix.T if transpose else matrix
@@ -214,9 +228,36 @@ def mode_product(x: Array, matrix: Array, mode: int, *, transpose: bool = False)
             f"matrix has shape {shape_tuple(matrix)}, expected {expected} to multiply "
             f"mode {mode} of x (shape {shape_tuple(x)})"
         )
-    # (…, I_mode, …) -> move mode last, multiply by mᵀ, move back.
-    moved = xp.moveaxis(x, mode, -1)
-    return xp.moveaxis(xp.matmul(moved, m.T), -1, mode)
+    return _mode_product(x, m, mode)
+
+
+def _mode_product(x: Array, m: Array, mode: int) -> Array:
+    """``x ×_mode m`` for a ``(J, I_mode)`` matrix or an ``(I_mode,)`` vector, unvalidated.
+
+    Row-major views of ``x`` only: one GEMM for the first and last modes, a batched GEMM
+    over the leading modes otherwise (or one GEMM on a transposed copy when the trailing
+    block is too small for the batches to be efficient).
+    """
+    xp = namespace(x)
+    shape = shape_tuple(x)
+    size = shape[mode]
+    left, right = math.prod(shape[:mode]), math.prod(shape[mode + 1 :])
+    vector = m.ndim == 1
+    out_dims = () if vector else (int(m.shape[0]),)
+    out_shape = (*shape[:mode], *out_dims, *shape[mode + 1 :])
+    mt = m if vector else m.T
+    if right == 1:
+        return xp.reshape(xp.matmul(xp.reshape(x, (left, size)), mt), out_shape)
+    if left == 1:
+        return xp.reshape(xp.matmul(m, xp.reshape(x, (size, right))), out_shape)
+    if right >= 32:
+        return xp.reshape(xp.matmul(m, xp.reshape(x, (left, size, right))), out_shape)
+    moved = xp.reshape(xp.moveaxis(xp.reshape(x, (left, size, right)), 1, 2), (-1, size))
+    prod = xp.matmul(moved, mt)  # (left * right, J) or (left * right,)
+    if vector:
+        return xp.reshape(prod, out_shape)
+    prod = xp.moveaxis(xp.reshape(prod, (left, right, int(m.shape[0]))), 2, 1)
+    return xp.reshape(contiguous(prod), out_shape)
 
 
 def multi_mode_product(
@@ -228,8 +269,10 @@ def multi_mode_product(
 ) -> Array:
     """``x`` multiplied by ``matrices[i]`` along ``modes[i]`` (default: modes 0, 1, …).
 
-    ``skip`` leaves out one or more entries of ``modes``; ``transpose=True`` multiplies by
-    each matrix's transpose (as in projecting onto factor matrices).
+    ``skip`` is the index (or indices) into ``matrices`` of entries to leave out, as in
+    TensorLy's ``multi_mode_dot``; ``transpose=True`` multiplies by each matrix's transpose
+    (as in projecting onto factor matrices). A vector contracts its mode away; ``modes``
+    always name modes of the input ``x``.
 
     >>> import numpy as np
     >>> x = np.ones((2, 3, 4))
@@ -251,12 +294,19 @@ def multi_mode_product(
         raise ValueError(f"modes has {len(modes)} entries but matrices has {len(matrices)}")
     if len(set(modes)) != len(modes):
         raise ValueError(f"modes must be distinct, got {modes}")
-    skipped = _skip_list(skip, x.ndim) if skip is not None else set()
+    skipped = _skip_list(skip, len(matrices)) if skip is not None else set()
     out = x
-    for matrix, mode in zip(matrices, modes):
-        if mode in skipped:
+    removed: list[int] = []  # modes of x contracted away by vectors so far
+    for i, (matrix, mode) in enumerate(zip(matrices, modes)):
+        if i in skipped:
             continue
-        out = mode_product(out, matrix, mode, transpose=transpose)
+        current = mode - sum(1 for r in removed if r < mode)
+        try:
+            out = mode_product(out, matrix, current, transpose=transpose)
+        except (ValueError, TypeError) as err:
+            raise type(err)(f"matrices[{i}] (mode {mode}): {err}") from None
+        if getattr(matrix, "ndim", 2) == 1:
+            removed.append(mode)
     return out
 
 
@@ -297,9 +347,10 @@ def mttkrp(x: Any, factors: Any, mode: int) -> Array:
 
     ``mttkrp(x, factors, n) == unfold(x, n) @ khatri_rao(factors, skip=n)`` (times the
     weights, column-wise, when ``factors`` is a :class:`CPTensor`), computed without forming
-    the Khatri–Rao product of all other modes or copying ``x``: a GEMM of a row-major view
-    of ``x`` with the Khatri–Rao product of the larger side, then a batched contraction with
-    the smaller side. ``x`` may also be a :class:`~cptensor.operator.TensorOperator`.
+    the Khatri–Rao product of all other modes or copying ``x`` (when ``x`` is contiguous):
+    a GEMM (or batched GEMM) of a row-major view of ``x`` with the Khatri–Rao product of
+    one block of the other modes, then a contraction of the intermediate with the other
+    block's. ``x`` may also be a :class:`~cptensor.operator.TensorOperator`.
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
@@ -321,33 +372,126 @@ def mttkrp(x: Any, factors: Any, mode: int) -> Array:
     return out if weights is None else out * weights
 
 
+def _argmin_split(lo: int, hi: int, cost: Any) -> int:
+    return min(range(lo, hi + 1), key=cost)
+
+
+def _einsum(spec: str, a: Array, b: Array) -> Array:
+    """Two-operand ``einsum`` (``"abc,bc->ac"`` style, each index at most once per operand):
+    the library's own for NumPy and torch, broadcasting and summing elsewhere."""
+    if is_numpy(a):
+        import numpy as np
+
+        return np.einsum(spec, a, b)
+    if is_torch(a):
+        import torch
+
+        return torch.einsum(spec, a, b)
+    return _einsum_broadcast(spec, a, b)
+
+
+def _einsum_broadcast(spec: str, a: Array, b: Array) -> Array:
+    """:func:`_einsum` with array-API operations only (broadcast, multiply, sum)."""
+    xp = namespace(a, b)
+    ins, out = spec.split("->")
+    ia, ib = ins.split(",")
+    order = list(dict.fromkeys(ia + ib))
+
+    def expand(t: Array, idx: str) -> Array:
+        perm = tuple(sorted(range(len(idx)), key=lambda k: order.index(idx[k])))
+        t = xp.permute_dims(t, perm)
+        dims = {idx[k]: int(t.shape[i]) for i, k in enumerate(perm)}
+        return xp.reshape(t, tuple(dims.get(c, 1) for c in order))
+
+    prod = expand(a, ia) * expand(b, ib)
+    summed = tuple(k for k, c in enumerate(order) if c not in out)
+    prod = xp.sum(prod, axis=summed) if summed else prod
+    kept = [c for c in order if c in out]
+    return xp.permute_dims(prod, tuple(kept.index(c) for c in out))
+
+
+#: Cost of one GEMM call inside a batched GEMM, in units of R numbers of memory traffic.
+_BATCH_PENALTY = 8
+
+
+def _mttkrp_plans_end(shape: Sequence[int], mode: int) -> tuple[str, int]:
+    """How to compute the MTTKRP of the first or last mode: ``(plan, j)``.
+
+    The other modes are split at ``j`` into two blocks; the plan contracts one block by a
+    GEMM over a row-major view of ``x`` (``"gemm"``) or by a batched GEMM over the leading
+    modes (``"batched"``), then the other block on the intermediate. The choice minimises
+    the memory touched besides ``x``: both Khatri–Rao products plus the intermediate (the
+    full Khatri–Rao product of all other modes is never formed), in units of R numbers.
+    Each GEMM of a batched plan is charged ``_BATCH_PENALTY`` more, for its call overhead.
+    """
+    n = len(shape)
+    plans = []
+    if mode == 0:
+        i0 = shape[0]
+        for j in range(2, n):
+            a, b = math.prod(shape[1:j]), math.prod(shape[j:])
+            plans.append((b + i0 * a + a, 0, "gemm", j))
+            plans.append((a + i0 * b + b + _BATCH_PENALTY * i0, 1, "batched", j))
+    else:
+        il = shape[-1]
+        for j in range(1, n - 1):
+            a, b = math.prod(shape[:j]), math.prod(shape[j : n - 1])
+            plans.append((a + b * il + b, 0, "gemm", j))
+            plans.append((b + a * il + a + _BATCH_PENALTY * a, 1, "batched", j))
+    _, _, plan, j = min(plans)
+    return plan, j
+
+
 def _mttkrp_one(x: Array, mats: Sequence[Array], mode: int) -> Array:
+    """MTTKRP of one mode, unvalidated: ``(I_mode, R)``.
+
+    Two steps over row-major views of ``x`` (no copy of a contiguous ``x``): one GEMM (or
+    batched GEMM) with the Khatri–Rao product of a block of modes, never of all modes but
+    ``mode``, then a contraction of the intermediate with the Khatri–Rao product of the
+    remaining block. Blocks and order are chosen to keep the intermediate small.
+    """
     xp = namespace(x)
     shape = shape_tuple(x)
+    n = len(shape)
     rank = int(mats[0].shape[1])
-    left = math.prod(shape[:mode])
-    right = math.prod(shape[mode + 1 :])
+    like = mats[0]
     size = shape[mode]
-    last = len(shape) - 1
-    if last == 0:
-        return xp.reshape(x, (size, 1)) * xp.ones_like(mats[mode])
-    if mode == 0 or (mode != last and right >= left):
-        # GEMM with the right side's Khatri–Rao: (left*I_n, right) @ (right, R).
-        kr_right = _khatri_rao(mats[mode + 1 :], None, like=mats[0])
-        t = xp.reshape(xp.matmul(xp.reshape(x, (left * size, right)), kr_right), (left, size, rank))
-        if mode == 0:
-            return t[0]
-        kr_left = _khatri_rao(mats[:mode], None, like=mats[0])
-        # Σ_l t[l, i, r] kr_left[l, r]: batched over r.
-        t = xp.permute_dims(t, (2, 1, 0))  # (R, I_n, left) view
-        return xp.matmul(t, xp.permute_dims(kr_left, (1, 0))[:, :, None])[:, :, 0].T
-    kr_left = _khatri_rao(mats[:mode], None, like=mats[0])
-    t = xp.matmul(kr_left.T, xp.reshape(x, (left, size * right)))  # (R, I_n * right)
-    t = xp.reshape(t, (rank, size, right))
+    if n == 1:
+        return xp.reshape(x, (size, 1)) * xp.ones_like(mats[0])
+    if n == 2:
+        return xp.matmul(x, mats[1]) if mode == 0 else xp.matmul(x.T, mats[0])
+    last = n - 1
+    if mode == 0:
+        plan, j = _mttkrp_plans_end(shape, 0)
+        a, b = math.prod(shape[1:j]), math.prod(shape[j:])
+        if plan == "gemm":  # (I_0 · A, B) @ KR_B -> (I_0, A, R); then sum over A
+            t = xp.matmul(xp.reshape(x, (size * a, b)), _khatri_rao_t(mats[j:], None, like).T)
+            kr_a = _khatri_rao(mats[1:j], None, like)
+            return _einsum("iar,ar->ir", xp.reshape(t, (size, a, rank)), kr_a)
+        # KR_Aᵀ @ (I_0, A, B) batched -> (I_0, R, B); then sum over B
+        t = xp.matmul(_khatri_rao_t(mats[1:j], None, like), xp.reshape(x, (size, a, b)))
+        return _einsum("irb,rb->ir", t, _khatri_rao_t(mats[j:], None, like))
     if mode == last:
-        return t[:, :, 0].T
-    kr_right = _khatri_rao(mats[mode + 1 :], None, like=mats[0])
-    return xp.matmul(t, xp.permute_dims(kr_right, (1, 0))[:, :, None])[:, :, 0].T
+        plan, j = _mttkrp_plans_end(shape, last)
+        a, b = math.prod(shape[:j]), math.prod(shape[j:last])
+        if plan == "gemm":  # KR_Aᵀ @ (A, B · I_N) -> (R, B, I_N); then sum over B
+            t = xp.matmul(_khatri_rao_t(mats[:j], None, like), xp.reshape(x, (a, b * size)))
+            kr_b = _khatri_rao_t(mats[j:last], None, like)
+            return _einsum("rbk,rb->kr", xp.reshape(t, (rank, b, size)), kr_b)
+        # KR_Bᵀ @ (A, B, I_N) batched -> (A, R, I_N); then sum over A
+        t = xp.matmul(_khatri_rao_t(mats[j:last], None, like), xp.reshape(x, (a, b, size)))
+        return _einsum("ark,ar->kr", t, _khatri_rao(mats[:j], None, like))
+    left, right = math.prod(shape[:mode]), math.prod(shape[mode + 1 :])
+    if right + left * size + left <= left + size * right + right:
+        # (left · I_n, right) @ KR(right) -> (left, I_n, R), then sum over left.
+        kr_right = _khatri_rao_t(mats[mode + 1 :], None, like).T
+        t = xp.matmul(xp.reshape(x, (left * size, right)), kr_right)
+        t = xp.reshape(t, (left, size, rank))
+        return _einsum("lir,lr->ir", t, _khatri_rao(mats[:mode], None, like))
+    # KR(left)ᵀ @ (left, I_n · right) -> (R, I_n, right), then sum over right.
+    t = xp.matmul(_khatri_rao_t(mats[:mode], None, like), xp.reshape(x, (left, size * right)))
+    t = xp.reshape(t, (rank, size, right))
+    return _einsum("rib,rb->ir", t, _khatri_rao_t(mats[mode + 1 :], None, like))
 
 
 def _contract_rank_first(p: Array, mats: Sequence[Array], keep: int) -> Array:
@@ -356,14 +500,14 @@ def _contract_rank_first(p: Array, mats: Sequence[Array], keep: int) -> Array:
     xp = namespace(p)
     rank = int(p.shape[0])
     dims = list(shape_tuple(p)[1:])
-    # Contract trailing modes (last first), then leading modes: each a batched GEMV.
+    # Contract trailing modes (last first), then leading modes.
     for j in range(len(dims) - 1, keep, -1):
         rest = math.prod(dims[:j])
-        p = xp.matmul(xp.reshape(p, (rank, rest, dims[j])), mats[j].T[:, :, None])
+        p = _einsum("rab,br->ra", xp.reshape(p, (rank, rest, dims[j])), mats[j])
         dims = dims[:j]
     for j in range(keep):
         rest = math.prod(dims[1:])
-        p = xp.matmul(mats[j].T[:, None, :], xp.reshape(p, (rank, dims[0], rest)))
+        p = _einsum("rab,ar->rb", xp.reshape(p, (rank, dims[0], rest)), mats[j])
         dims = dims[1:]
     return xp.reshape(p, (rank, dims[0])).T
 
@@ -371,12 +515,14 @@ def _contract_rank_first(p: Array, mats: Sequence[Array], keep: int) -> Array:
 def mttkrp_all(x: Any, factors: Any) -> list[Array]:
     """MTTKRP of every mode, ``[mttkrp(x, factors, n) for n in range(N)]``, sharing work.
 
-    ``x`` is split once into a left block of modes and a right block (chosen so that the
-    partial results are smallest); two GEMMs over ``x`` produce the partial contractions
-    ``x ×_{right} KR(right)`` and ``KR(left)ᵀ ×_{left} x``, from which each mode's MTTKRP
-    is finished on tensors ``R``× smaller than ``x`` in the usual case. Use it once per ALS
-    sweep when all factors are fixed; ALS that updates factors in turn needs
-    :func:`mttkrp` after each update (see ``cptensor.fit``).
+    For N >= 4, ``x`` is split once into a left and a right block of at least two modes
+    each (chosen so that the partial results are smallest); two GEMMs over ``x`` produce
+    the partial contractions ``x ×_{right} KR(right)`` and ``KR(left)ᵀ ×_{left} x``, from
+    which each mode's MTTKRP is finished on tensors ``R``× smaller than ``x`` in the usual
+    case. For N = 3, two single-factor contractions of ``x`` (of ``x ×_2 A_2``,
+    ``A_0ᵀ ×_0 x``, ``A_1ᵀ ×_1 x``, the pair with the smallest results) serve all modes.
+    Use it once per ALS sweep when all factors are fixed; ALS that updates factors in turn
+    needs :func:`mttkrp` after each update (see ``cptensor.fit``).
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
@@ -396,32 +542,73 @@ def mttkrp_all(x: Any, factors: Any) -> list[Array]:
     return outs if weights is None else [o * weights for o in outs]
 
 
-def _best_split(shape: Sequence[int]) -> int:
-    """Split point k (1 <= k < N) minimising the size of the two partial results."""
-    return min(
-        range(1, len(shape)),
-        key=lambda k: math.prod(shape[:k]) + math.prod(shape[k:]),
-    )
+def _best_split(shape: Sequence[int], lo: int = 1, hi: int | None = None) -> int:
+    """Split point k (``lo <= k <= hi``, default ``1 <= k < N``) minimising the size of the
+    two partial results, ``∏ shape[:k] + ∏ shape[k:]``."""
+    hi = len(shape) - 1 if hi is None else hi
+    return _argmin_split(lo, hi, lambda k: math.prod(shape[:k]) + math.prod(shape[k:]))
 
 
 def _mttkrp_all(x: Array, mats: Sequence[Array]) -> list[Array]:
     xp = namespace(x)
     shape = shape_tuple(x)
     n = len(shape)
+    like = mats[0]
+    rank = int(like.shape[1])
     if n == 1:
         return [xp.reshape(x, (shape[0], 1)) * xp.ones_like(mats[0])]
     if n == 2:
         return [xp.matmul(x, mats[1]), xp.matmul(x.T, mats[0])]
-    k = _best_split(shape)
-    rank = int(mats[0].shape[1])
+    if n == 3:
+        return _mttkrp_all_3way(x, mats)
+    # Split into two blocks of at least two modes each, so that neither GEMM uses the
+    # Khatri–Rao product of all modes but one.
+    k = _best_split(shape, 2, n - 2)
     left, right = math.prod(shape[:k]), math.prod(shape[k:])
     flat = xp.reshape(x, (left, right))
     # Left partial: x contracted with the right block's Khatri–Rao -> (R, I_0, …, I_{k-1}).
-    p_left = xp.matmul(flat, _khatri_rao(mats[k:], None, like=mats[0])).T
-    p_left = xp.reshape(p_left, (rank, *shape[:k]))
+    p_left = xp.matmul(flat, _khatri_rao_t(mats[k:], None, like).T)  # (left, R)
+    p_left = xp.reshape(contiguous(p_left.T), (rank, *shape[:k]))
     # Right partial: the left block's Khatri–Rao contracted with x -> (R, I_k, …).
-    p_right = xp.matmul(_khatri_rao(mats[:k], None, like=mats[0]).T, flat)
+    p_right = xp.matmul(_khatri_rao_t(mats[:k], None, like), flat)
     p_right = xp.reshape(p_right, (rank, *shape[k:]))
     outs = [_contract_rank_first(p_left, mats[:k], j) for j in range(k)]
     outs += [_contract_rank_first(p_right, mats[k:], j) for j in range(n - k)]
     return outs
+
+
+def _mttkrp_all_3way(x: Array, mats: Sequence[Array]) -> list[Array]:
+    """All three MTTKRPs of a 3-way ``x`` from two single-factor contractions of ``x``.
+
+    ``T = x ×_2 A_2`` (I_0, I_1, R) serves modes 0 and 1, ``U = A_0ᵀ ×_0 x`` (R, I_1, I_2)
+    modes 1 and 2, ``V = A_1ᵀ ×_1 x`` (I_0, R, I_2, a batched GEMM) modes 0 and 2. Two of
+    them cover every mode; the pair with the smallest intermediates is used (two passes
+    over ``x``, no Khatri–Rao product at all).
+    """
+    xp = namespace(x)
+    i0, i1, i2 = shape_tuple(x)
+    rank = int(mats[0].shape[1])
+    a0, a1, a2 = mats
+    sizes = {"T": i0 * i1, "U": i1 * i2, "V": i0 * i2 + _BATCH_PENALTY * i0}
+    # Drop the largest (ties: prefer plain GEMMs, i.e. drop V first).
+    drop = max(("V", "U", "T"), key=lambda k: sizes[k])
+    outs: dict[int, tuple[int, Array]] = {}
+
+    def offer(m: int, cost: int, make: Any) -> None:
+        if m not in outs or cost < outs[m][0]:
+            outs[m] = (cost, make)
+
+    if drop != "T":
+        t = xp.reshape(xp.matmul(xp.reshape(x, (i0 * i1, i2)), a2), (i0, i1, rank))
+        offer(0, sizes["T"], lambda t=t: _einsum("ijr,jr->ir", t, a1))
+        offer(1, sizes["T"], lambda t=t: _einsum("ijr,ir->jr", t, a0))
+    if drop != "U":
+        u = xp.matmul(contiguous(a0.T), xp.reshape(x, (i0, i1 * i2)))
+        u = xp.reshape(u, (rank, i1, i2))
+        offer(1, sizes["U"], lambda u=u: _einsum("rjk,kr->jr", u, a2))
+        offer(2, sizes["U"], lambda u=u: _einsum("rjk,jr->kr", u, a1))
+    if drop != "V":
+        v = xp.matmul(contiguous(a1.T), x)  # (I_0, R, I_2)
+        offer(0, sizes["V"], lambda v=v: _einsum("irk,kr->ir", v, a2))
+        offer(2, sizes["V"], lambda v=v: _einsum("irk,ir->kr", v, a0))
+    return [outs[m][1]() for m in range(3)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from ._backend import Array, device, is_array, namespace, shape_tuple, validate_mode
 from .cp import CPTensor
-from .products import _khatri_rao
+from .products import _best_split, _khatri_rao_t
 
 __all__ = ["entries", "fix_modes", "reconstruct", "reconstruct_unfolded"]
 
@@ -23,8 +24,9 @@ def _check_cp(cp: Any, name: str = "cp") -> CPTensor:
 def reconstruct(cp: CPTensor) -> Array:
     """The dense tensor ``Σ_r λ_r a_1r ∘ … ∘ a_Nr``, in the factors' backend and dtype.
 
-    One GEMM of the output's size: the larger of the first and last factors against the
-    Khatri–Rao product of the others (weights folded into the smallest operand).
+    One GEMM of the output's size, ``KR(first block) @ KR(second block)ᵀ``, with the modes
+    split where the two Khatri–Rao products are smallest (weights folded into the smallest
+    operand); the row-major GEMM output is the tensor itself.
 
     >>> import numpy as np
     >>> from cptensor import CPTensor
@@ -39,11 +41,11 @@ def reconstruct(cp: CPTensor) -> Array:
     if cp.ndim == 1:
         return xp.matmul(mats[0], w)
     shape = cp.shape
-    if shape[0] >= shape[-1]:
-        rest = _khatri_rao(mats[1:], w, like=mats[0])  # (∏ I_1.., R)
-        return xp.reshape(xp.matmul(mats[0], rest.T), shape)
-    rest = _khatri_rao(mats[:-1], w, like=mats[0])
-    return xp.reshape(xp.matmul(rest, mats[-1].T), shape)
+    k = _best_split(shape)
+    left, right = math.prod(shape[:k]), math.prod(shape[k:])
+    kl = _khatri_rao_t(mats[:k], w if left <= right else None, like=mats[0])  # (R, left)
+    kr = _khatri_rao_t(mats[k:], None if left <= right else w, like=mats[0])  # (R, right)
+    return xp.reshape(xp.matmul(kl.T, kr), shape)
 
 
 def reconstruct_unfolded(cp: CPTensor, mode: int) -> Array:
@@ -59,8 +61,8 @@ def reconstruct_unfolded(cp: CPTensor, mode: int) -> Array:
     cp = _check_cp(cp)
     mode = validate_mode(mode, cp.ndim)
     others = [f for n, f in enumerate(cp.factors) if n != mode]
-    kr = _khatri_rao(others, cp.weights, like=cp.factors[0])
-    return cp.xp.matmul(cp.factors[mode], kr.T)
+    krt = _khatri_rao_t(others, cp.weights, like=cp.factors[0])  # (R, ∏ others)
+    return cp.xp.matmul(cp.factors[mode], krt)
 
 
 def _index_arrays(indices: Any, shape: tuple[int, ...], like: Array) -> list[Any]:

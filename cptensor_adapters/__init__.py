@@ -1,1 +1,78 @@
-"""adapters."""
+"""LoRTA adapters for transformers: one CP-factored update across layers, heads and Q/K/V/O.
+
+Map a model's weight grid onto tensor modes (:class:`WeightGrid`, :class:`Layout`), attach
+an adapter (:func:`attach` with an :class:`AdapterConfig`), train it like any module, then
+merge, save, load, export to PEFT LoRA or hand it to the rank analysis (:func:`as_cp`,
+:func:`delta_weights`). LoRA (``layout="lora"``) and custom layouts are special cases of the
+same mechanism.
+
+Example:
+    >>> import torch
+    >>> from transformers import BertConfig, BertModel
+    >>> import cptensor_adapters as cpa
+    >>> model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2,
+    ...                              num_attention_heads=4, intermediate_size=64))
+    >>> model = cpa.attach(model, cpa.AdapterConfig(r=4, layout="lorta"))
+    >>> cpa.parameter_report(model)["default"].formula
+    '4·(32 + 8 + 4 + 2 + 4) = 200'
+"""
+
+from .config import INITS, AdapterConfig
+from .grid import ATTENTION_ROLES, Target, WeightGrid
+from .io import load_adapter, save_adapter
+from .layout import AXES, LAYOUTS, GroupPlan, Layout, plan_groups
+from .model import (
+    ParameterReport,
+    active_adapters,
+    adapter_groups,
+    adapter_names,
+    as_cp,
+    attach,
+    delta_weights,
+    disabled,
+    get_config,
+    merge,
+    merge_and_unload,
+    merged_adapters,
+    parameter_report,
+    remove_adapter,
+    set_active,
+    unmerge,
+)
+from .modules import CPAdapterLayer, FactorStore, ModulesToSaveWrapper
+from .peft_export import save_as_peft_lora
+
+__all__ = [
+    "ATTENTION_ROLES",
+    "AXES",
+    "INITS",
+    "LAYOUTS",
+    "AdapterConfig",
+    "CPAdapterLayer",
+    "FactorStore",
+    "GroupPlan",
+    "Layout",
+    "ModulesToSaveWrapper",
+    "ParameterReport",
+    "Target",
+    "WeightGrid",
+    "active_adapters",
+    "adapter_groups",
+    "adapter_names",
+    "as_cp",
+    "attach",
+    "delta_weights",
+    "disabled",
+    "get_config",
+    "load_adapter",
+    "merge",
+    "merge_and_unload",
+    "merged_adapters",
+    "parameter_report",
+    "plan_groups",
+    "remove_adapter",
+    "save_adapter",
+    "save_as_peft_lora",
+    "set_active",
+    "unmerge",
+]

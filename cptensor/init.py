@@ -1,0 +1,343 @@
+"""Initial CP factors for fitting: random, orthogonal, and SVD-based (HOSVD-style).
+
+Every initializer returns a :class:`~cptensor.CPTensor` with unit weights on the backend,
+device and dtype of its reference (``x`` for :func:`svd`, ``like`` for :func:`random` and
+:func:`orthogonal`). Random numbers come from a seeded NumPy ``Generator`` (``seed`` may be
+an int, a ``numpy.random.Generator`` or ``None`` for fresh entropy) and are then placed on
+the target device, so the same seed gives the same factors on every backend and device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from ._backend import Array, device, is_array, is_torch, namespace, shape_tuple, to_numpy
+from .cp import CPTensor
+from .operator import is_operator
+
+__all__ = ["orthogonal", "random", "svd"]
+
+Seed = int | np.random.Generator | None
+
+#: Elements per chunk when a mode's unfolding is streamed (bounds temporary copies).
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def _rng(seed: Any) -> np.random.Generator:
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is None or (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)):
+        return np.random.default_rng(None if seed is None else int(seed))
+    raise TypeError(
+        f"seed must be an int, a numpy.random.Generator or None, got {type(seed).__name__}"
+    )
+
+
+def _check_rank(rank: Any) -> int:
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
+        raise TypeError(f"rank must be a positive int, got {type(rank).__name__} ({rank!r})")
+    if int(rank) < 1:
+        raise ValueError(f"rank must be >= 1, got {int(rank)}")
+    return int(rank)
+
+
+def _check_shape(shape: Any) -> tuple[int, ...]:
+    try:
+        out = tuple(int(s) for s in shape)
+    except TypeError:
+        raise TypeError(f"shape must be a sequence of ints, got {type(shape).__name__}") from None
+    if not out or any(s < 1 for s in out):
+        raise ValueError(f"shape must be a non-empty sequence of positive ints, got {out}")
+    return out
+
+
+def _placement(like: Any, dtype: Any, dev: Any) -> tuple[Any, Any, Any]:
+    """(namespace, dtype, device) of the factors to create."""
+    if like is None:
+        if dev not in (None, "cpu"):
+            raise ValueError(
+                f"device={dev!r} needs like= (an array of the target backend); without like "
+                "the factors are NumPy arrays on the CPU"
+            )
+        dt = np.dtype(np.float64 if dtype is None else dtype)
+        if dt.kind != "f":
+            raise TypeError(f"dtype must be a floating dtype, got {dt}")
+        return namespace(np.zeros(1)), dt, "cpu"
+    if not is_array(like):
+        raise TypeError(f"like must be an array (NumPy or torch), got {type(like).__name__}")
+    xp = namespace(like)
+    dt = like.dtype if dtype is None else dtype
+    return xp, dt, device(like) if dev is None else dev
+
+
+def _place(values: np.ndarray, xp: Any, dtype: Any, dev: Any) -> Array:
+    return xp.asarray(values, dtype=dtype, device=dev)
+
+
+def random(
+    shape: Sequence[int],
+    rank: int,
+    *,
+    like: Array | None = None,
+    dtype: Any = None,
+    device: Any = None,
+    seed: Seed = None,
+) -> CPTensor:
+    """A CP tensor with standard normal factor entries and unit weights.
+
+    Parameters
+    ----------
+    shape:
+        The tensor shape ``(I_1, …, I_N)``.
+    rank:
+        The number of components ``R >= 1``.
+    like:
+        An array whose backend, dtype and device the factors take (default: NumPy float64).
+    dtype, device:
+        Override ``like``'s dtype / device.
+    seed:
+        An int, a ``numpy.random.Generator`` or ``None``; the same seed gives the same
+        factors on every backend.
+
+    Returns
+    -------
+    CPTensor
+        Factors of shape ``(I_n, rank)``, weights all one.
+
+    Examples
+    --------
+    >>> from cptensor import init
+    >>> cp = init.random((3, 4, 5), 2, seed=0)
+    >>> cp.shape, cp.rank
+    ((3, 4, 5), 2)
+    >>> bool((init.random((3, 4, 5), 2, seed=0).factors[0] == cp.factors[0]).all())
+    True
+    """
+    shape = _check_shape(shape)
+    rank = _check_rank(rank)
+    xp, dt, dev = _placement(like, dtype, device)
+    rng = _rng(seed)
+    factors = [_place(rng.standard_normal((s, rank)), xp, dt, dev) for s in shape]
+    return CPTensor(None, factors)
+
+
+def _orthonormal_columns(rng: np.random.Generator, size: int, rank: int) -> np.ndarray:
+    """``(size, rank)`` with orthonormal columns; beyond ``size`` columns, random unit ones."""
+    k = min(size, rank)
+    q, r = np.linalg.qr(rng.standard_normal((size, k)))
+    q = q * np.where(np.diag(r) < 0, -1.0, 1.0)  # unique (sign-fixed) QR
+    if rank > k:
+        extra = rng.standard_normal((size, rank - k))
+        extra /= np.linalg.norm(extra, axis=0, keepdims=True)
+        q = np.concatenate([q, extra], axis=1)
+    return q
+
+
+def orthogonal(
+    shape: Sequence[int],
+    rank: int,
+    *,
+    like: Array | None = None,
+    dtype: Any = None,
+    device: Any = None,
+    seed: Seed = None,
+) -> CPTensor:
+    """A CP tensor whose factors have orthonormal columns (random, seeded), unit weights.
+
+    Where ``rank`` exceeds a mode's size ``I_n``, the first ``I_n`` columns of that factor
+    are an orthonormal basis and the rest are random unit vectors. Arguments as for
+    :func:`random`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cptensor import init
+    >>> a = init.orthogonal((5, 6), 3, seed=1).factors[0]
+    >>> bool(np.allclose(a.T @ a, np.eye(3)))
+    True
+    """
+    shape = _check_shape(shape)
+    rank = _check_rank(rank)
+    xp, dt, dev = _placement(like, dtype, device)
+    rng = _rng(seed)
+    factors = [_place(_orthonormal_columns(rng, s, rank), xp, dt, dev) for s in shape]
+    return CPTensor(None, factors)
+
+
+# -- SVD initialisation -------------------------------------------------------------------
+
+
+def _unfold_chunks(x: Array, mode: int) -> Iterator[tuple[int, int, Array]]:
+    """Stream the mode-``mode`` unfolding of ``x`` as column blocks ``(start, stop, Z)``.
+
+    ``x`` is viewed (row-major, no copy) as ``(left, I_n, right)``; a block of ``c`` left
+    indices is the ``(I_n, c·right)`` slice of the unfolding, the only copy made (bounded
+    by ``_CHUNK_ELEMENTS``). Mode 0 is a view of ``x`` itself.
+    """
+    xp = namespace(x)
+    shape = shape_tuple(x)
+    size = shape[mode]
+    left, right = math.prod(shape[:mode]), math.prod(shape[mode + 1 :])
+    if left == 1:
+        yield 0, right, xp.reshape(x, (size, right))
+        return
+    x3 = xp.reshape(x, (left, size, right))
+    step = max(1, _CHUNK_ELEMENTS // max(1, size * right))
+    for start in range(0, left, step):
+        stop = min(left, start + step)
+        block = xp.permute_dims(x3[start:stop], (1, 0, 2))
+        yield start * right, stop * right, xp.reshape(block, (size, (stop - start) * right))
+
+
+def _gram(x: Array, mode: int) -> Array:
+    """``X_(n) X_(n)ᵀ`` (``I_n × I_n``) without a full unfolding copy."""
+    out = None
+    for _, _, z in _unfold_chunks(x, mode):
+        g = z @ z.T
+        out = g if out is None else out + g
+    return out
+
+
+def _unfold_times(x: Array, mode: int, b: Array) -> Array:
+    """``X_(n) @ b`` for ``b`` of shape ``(∏_{k≠n} I_k, k)``."""
+    out = None
+    for start, stop, z in _unfold_chunks(x, mode):
+        p = z @ b[start:stop]
+        out = p if out is None else out + p
+    return out
+
+
+def _times_unfold(x: Array, mode: int, u: Array) -> Array:
+    """``uᵀ @ X_(n)`` for ``u`` of shape ``(I_n, k)``: shape ``(k, ∏_{k≠n} I_k)``."""
+    xp = namespace(x)
+    parts = [u.T @ z for _, _, z in _unfold_chunks(x, mode)]
+    return parts[0] if len(parts) == 1 else xp.concat(parts, axis=1)
+
+
+def _sign_fix(u: np.ndarray) -> np.ndarray:
+    """Make the largest-magnitude entry of each column positive (deterministic signs)."""
+    if u.size == 0:
+        return u
+    idx = np.argmax(np.abs(u), axis=0)
+    signs = np.sign(u[idx, np.arange(u.shape[1])])
+    return u * np.where(signs == 0, 1.0, signs)
+
+
+def _leading_vectors_dense(x: Array, mode: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """The ``k`` leading left singular vectors of ``X_(mode)`` as float64 NumPy."""
+    shape = shape_tuple(x)
+    size = shape[mode]
+    other = math.prod(shape) // size
+    randomized = size > 512 and other > 512 and size > 4 * (k + 10)
+    if randomized:
+        # Randomized range finder (Halko, Martinsson & Tropp 2011), 2 power iterations.
+        xp = namespace(x)
+        p = min(size, k + 10)
+        omega = xp.asarray(rng.standard_normal((other, p)), dtype=x.dtype, device=device(x))
+        y = _unfold_times(x, mode, omega)
+        for _ in range(2):
+            q = xp.linalg.qr(y)[0]
+            q = xp.linalg.qr(_times_unfold(x, mode, q).T)[0]
+            y = _unfold_times(x, mode, q)
+        q = to_numpy(xp.linalg.qr(y)[0]).astype(np.float64)
+        b = to_numpy(_times_unfold(x, mode, xp.asarray(q, dtype=x.dtype, device=device(x))))
+        u_small, _, _ = np.linalg.svd(b.astype(np.float64), full_matrices=False)
+        return q @ u_small[:, :k]
+    if size <= other:
+        g = to_numpy(_gram(x, mode)).astype(np.float64)
+        vals, vecs = np.linalg.eigh((g + g.T) / 2)
+        return vecs[:, ::-1][:, :k]
+    # Mode larger than the rest: Gram on the small side, U = X_(n) V Σ⁻¹.
+    xp = namespace(x)
+    xn = to_numpy(xp.reshape(xp.moveaxis(x, mode, 0), (size, other))).astype(np.float64)
+    vals, vecs = np.linalg.eigh(xn.T @ xn)
+    vals, vecs = vals[::-1][:k], vecs[:, ::-1][:, :k]
+    u = xn @ vecs
+    norms = np.linalg.norm(u, axis=0)
+    return u / np.where(norms > 0, norms, 1.0)
+
+
+def svd(x: Any, rank: int, *, seed: Seed = None) -> CPTensor:
+    """HOSVD-style initialisation: the leading left singular vectors of each unfolding.
+
+    For mode ``n`` the ``min(rank, I_n)`` leading left singular vectors of the unfolding
+    ``X_(n)`` come from the eigenvectors of the Gram matrix on the *small* side (``I_n × I_n``
+    streamed over column blocks of the unfolding, never a full unfolding copy), or from a
+    seeded randomized SVD when both sides are large (both over 512). Where ``rank``
+    exceeds ``I_n``, the remaining columns are random unit vectors drawn from ``seed``.
+    Column signs are fixed (largest entry positive) so the result is deterministic. The
+    eigen-decompositions of the small Gram matrices run in float64 on the host; the
+    factors are returned on ``x``'s backend, device and dtype, with unit weights.
+
+    ``x`` may be a :class:`~cptensor.operator.TensorOperator` that provides
+    ``gram(mode)`` (the ``I_n × I_n`` matrix ``X_(n) X_(n)ᵀ``); other operators raise
+    ``TypeError`` (fit them with ``init="random"``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cptensor import init
+    >>> x = np.random.default_rng(0).standard_normal((4, 5, 6))
+    >>> cp = init.svd(x, 3)
+    >>> [f.shape for f in cp.factors]
+    [(4, 3), (5, 3), (6, 3)]
+    >>> a = cp.factors[0]
+    >>> bool(np.allclose(a.T @ a, np.eye(3)))
+    True
+    """
+    rank = _check_rank(rank)
+    rng = _rng(seed)
+    if is_operator(x):
+        if not hasattr(x, "gram"):
+            raise TypeError(
+                f"init 'svd' for an operator ({type(x).__name__}) needs a gram(mode) method; "
+                "use init='random' instead"
+            )
+        shape = tuple(int(s) for s in x.shape)
+        like = None
+        cols = []
+        for mode, size in enumerate(shape):
+            g = x.gram(mode)
+            like = g
+            g64 = to_numpy(g).astype(np.float64)
+            vecs = np.linalg.eigh((g64 + g64.T) / 2)[1][:, ::-1][:, : min(rank, size)]
+            cols.append(vecs)
+    else:
+        if not is_array(x):
+            raise TypeError(
+                f"x must be an array (NumPy or torch) or a TensorOperator, got {type(x).__name__}"
+            )
+        namespace(x, names=["x"])
+        if x.ndim < 1:
+            raise ValueError(f"x must have at least one mode, got shape {shape_tuple(x)}")
+        if not _is_floating(x):
+            raise TypeError(f"x must have a floating dtype (float32/float64), got {x.dtype}")
+        shape = shape_tuple(x)
+        like = x
+        if is_torch(x) and not x.is_contiguous():
+            x = x.contiguous()
+        elif not is_torch(x):
+            x = np.ascontiguousarray(x)
+        cols = [
+            _leading_vectors_dense(x, mode, min(rank, size), rng) for mode, size in enumerate(shape)
+        ]
+    factors = []
+    xp = namespace(like)
+    for size, u in zip(shape, cols):
+        u = _sign_fix(np.ascontiguousarray(u))
+        if rank > u.shape[1]:
+            extra = rng.standard_normal((size, rank - u.shape[1]))
+            extra /= np.linalg.norm(extra, axis=0, keepdims=True)
+            u = np.concatenate([u, extra], axis=1)
+        factors.append(xp.asarray(u, dtype=like.dtype, device=device(like)))
+    return CPTensor(None, factors)
+
+
+def _is_floating(x: Array) -> bool:
+    if is_torch(x):
+        return bool(x.dtype.is_floating_point)
+    return np.dtype(x.dtype).kind == "f"

@@ -1,0 +1,207 @@
+"""Adapter configuration: a JSON-serialisable dataclass, validated on construction."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+
+from .grid import ATTENTION_ROLES
+from .layout import LAYOUTS, Layout
+
+__all__ = ["INITS", "AdapterConfig"]
+
+#: Initialisations: ``"default"`` (the ``in`` factor zero, so ΔW = 0 at the start, as in the
+#: paper's code; with a head mode that is the per-head factor B), ``"zero_out"`` (the ``out``
+#: factor zero instead), ``"random"`` (every factor random: ΔW ≠ 0, for tests).
+INITS: tuple[str, ...] = ("default", "zero_out", "random")
+
+_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+@dataclass
+class AdapterConfig:
+    """Configuration of one CP-factored adapter.
+
+    Args:
+        r: CP rank (number of components), ``>= 1``.
+        alpha: the update is scaled by ``alpha / r`` (as LoRA's ``lora_alpha``).
+        dropout: dropout probability on the adapter's input, in ``[0, 1)``.
+        layout: ``"lorta"``, ``"lora"``, ``"layer_shared"``, a :class:`~cptensor_adapters.Layout`
+            or a dict ``{"modes": [...], "groups": [...]}``.
+        targets: ``None`` (attention Q, K, V, O), a list of matrix/module names, or a regex
+            (see :meth:`WeightGrid.from_model <cptensor_adapters.WeightGrid.from_model>`).
+        head_split: ``"auto"`` (Q, K, V heads split the output, O the input), ``"out"``,
+            ``"in"``, or a dict matrix → side.
+        init: one of :data:`INITS`. Random factors are Kaiming-uniform with ``a = √5`` on the
+            ``(size × r)`` factor, i.e. uniform in ``±1/√r``, as in the paper's code.
+        seed: seed of the initialisation (same seed, same factors).
+        factor_dtype: ``"float32"``, ``"float64"``, ``"float16"``, ``"bfloat16"`` or
+            ``None``: float32 when the targets are float16/bfloat16, else their dtype.
+        modules_to_save: module names (exact or dotted suffix) trained in full beside the
+            adapter, e.g. ``["classifier"]``.
+        roles, num_heads, num_kv_heads, head_dim: geometry for architectures this library
+            does not know (see :meth:`WeightGrid.from_model`).
+
+    Raises:
+        ValueError: a field out of range, naming the field, the value and what was expected.
+
+    Example:
+        >>> cfg = AdapterConfig(r=4, layout="lora", targets=["q", "v"])
+        >>> AdapterConfig.from_json(cfg.to_json()) == cfg
+        True
+        >>> cfg.scaling
+        2.0
+        >>> AdapterConfig(r=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: r: expected an integer >= 1, got 0
+    """
+
+    r: int = 8
+    alpha: float = 8.0
+    dropout: float = 0.0
+    layout: str | Layout | dict[str, Any] = "lorta"  # stored as a name or a dict
+    targets: list[str] | str | None = None
+    head_split: str | dict[str, str] = "auto"
+    init: str = "default"
+    seed: int = 0
+    factor_dtype: str | None = None
+    modules_to_save: list[str] | None = None
+    roles: dict[str, str] | None = None
+    num_heads: int | None = None
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
+    _layout: Layout = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+            raise ValueError(f"r: expected an integer >= 1, got {self.r!r}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or \
+                not math.isfinite(self.alpha):
+            raise ValueError(f"alpha: expected a finite number, got {self.alpha!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
+        self._layout = Layout.resolve(self.layout)
+        if isinstance(self.layout, Layout):  # keep the field JSON-friendly
+            builtin = LAYOUTS.get(self.layout.name)
+            self.layout = self.layout.name if builtin == self.layout else self.layout.to_dict()
+        elif isinstance(self.layout, Mapping):
+            self.layout = self._layout.to_dict()
+        if isinstance(self.targets, tuple):
+            self.targets = list(self.targets)
+        if self.targets is not None and not isinstance(self.targets, (str, list)):
+            raise ValueError(
+                f"targets: expected None, a regex string or a list of names, got {self.targets!r}"
+            )
+        if isinstance(self.head_split, str):
+            if self.head_split not in ("auto", "out", "in"):
+                raise ValueError(
+                    f"head_split: expected 'auto', 'out', 'in' or a dict matrix -> side, got "
+                    f"{self.head_split!r}"
+                )
+        elif isinstance(self.head_split, Mapping):
+            bad = {k: v for k, v in self.head_split.items() if v not in ("out", "in")}
+            if bad:
+                raise ValueError(f"head_split: sides must be 'out' or 'in', got {bad!r}")
+            self.head_split = dict(self.head_split)
+        else:
+            raise ValueError(f"head_split: expected a string or a dict, got {self.head_split!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init: expected one of {INITS}, got {self.init!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed: expected an integer, got {self.seed!r}")
+        if self.factor_dtype is not None and self.factor_dtype not in _DTYPES:
+            raise ValueError(
+                f"factor_dtype: expected None or one of {sorted(_DTYPES)}, got {self.factor_dtype!r}"
+            )
+        if self.modules_to_save is not None:
+            if isinstance(self.modules_to_save, str) or not all(
+                isinstance(m, str) and m for m in self.modules_to_save
+            ):
+                raise ValueError(
+                    f"modules_to_save: expected a list of module names, got {self.modules_to_save!r}"
+                )
+            self.modules_to_save = list(self.modules_to_save)
+        if self.roles is not None:
+            bad_roles = {k: v for k, v in self.roles.items() if v not in ATTENTION_ROLES}
+            if bad_roles:
+                raise ValueError(
+                    f"roles: values must be one of {list(ATTENTION_ROLES)}, got {bad_roles!r}"
+                )
+            self.roles = dict(self.roles)
+        for name in ("num_heads", "num_kv_heads", "head_dim"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name}: expected None or an integer >= 1, got {v!r}")
+
+    @property
+    def resolved_layout(self) -> Layout:
+        """The :class:`Layout` object this config names."""
+        return self._layout
+
+    @property
+    def scaling(self) -> float:
+        """``alpha / r``."""
+        return float(self.alpha) / self.r
+
+    def dtype_for(self, weight_dtype: torch.dtype) -> torch.dtype:
+        """Factor dtype for targets whose weights have ``weight_dtype``.
+
+        Example:
+            >>> AdapterConfig().dtype_for(torch.bfloat16)
+            torch.float32
+        """
+        if self.factor_dtype is not None:
+            return _DTYPES[self.factor_dtype]
+        if weight_dtype in (torch.float16, torch.bfloat16):
+            return torch.float32
+        return weight_dtype
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict (what :meth:`from_dict` reads back)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        return json.loads(json.dumps(out))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AdapterConfig:
+        """Build from :meth:`to_dict` output; unknown keys are an error.
+
+        Raises:
+            ValueError: a key this version does not know.
+        """
+        known = {f.name for f in fields(cls) if f.init}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"AdapterConfig: unknown fields {unknown}; known fields {sorted(known)}")
+        return cls(**dict(data))
+
+    def to_json(self) -> str:
+        """JSON text."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> AdapterConfig:
+        """Inverse of :meth:`to_json`."""
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes: Any) -> AdapterConfig:
+        """A copy with some fields changed (the original is not modified).
+
+        Example:
+            >>> AdapterConfig(r=4).replace(r=16).r
+            16
+        """
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        data.update(changes)
+        return type(self)(**data)
+

@@ -1,0 +1,204 @@
+"""The ``cptensor`` command line: results, --json, --help and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cptensor_adapters.cli import main, parse_ranks
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    fs = [rng.standard_normal((n, 2)) for n in (6, 5, 4)]
+    x = np.einsum("ir,jr,kr->ijk", *fs)
+    p = tmp_path_factory.mktemp("cli") / "x.npy"
+    np.save(p, x)
+    return p
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cptensor_adapters.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_parse_ranks():
+    assert parse_ranks("1-3") == [1, 2, 3]
+    assert parse_ranks("4,2,2-3") == [2, 3, 4]
+    for bad in ("0-3", "a", "3-1", ""):
+        with pytest.raises(Exception, match="rank"):
+            parse_ranks(bad)
+
+
+def test_fit_json_and_out(planted, tmp_path, capsys):
+    out = tmp_path / "cp.npz"
+    assert main(["fit", str(planted), "--rank", "2", "--out", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["shape"] == [6, 5, 4] and doc["rel_error"] < 1e-6
+    z = np.load(out)
+    assert sorted(z.files) == ["factor_0", "factor_1", "factor_2", "fit", "rel_error", "weights"]
+    assert z["factor_1"].shape == (5, 2)
+
+
+def test_fit_text(planted, capsys):
+    assert main(["fit", str(planted), "--rank", "1"]) == 0
+    assert "rank-1 CP of a (6, 5, 4) tensor: fit" in capsys.readouterr().out
+
+
+def test_sweep_json_and_plot(planted, tmp_path, capsys):
+    code = main(
+        [
+            "sweep",
+            str(planted),
+            "--ranks",
+            "1-3",
+            "--starts",
+            "2",
+            "--json",
+            "--out",
+            str(tmp_path / "s"),
+        ]
+    )
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [r["rank"] for r in doc["rows"]] == [1, 2, 3]
+    assert doc["recommended_rank"] == 2
+    assert (tmp_path / "s" / "sweep.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("sub", [None, "analyze", "analyze-adapter", "fit", "sweep", "demo"])
+def test_help_explains_every_option(sub, capsys):
+    argv = ["--help"] if sub is None else [sub, "--help"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "usage: cptensor" in text
+    if sub is not None:
+        from cptensor_adapters.cli import build_parser
+
+        sp = build_parser()._subparsers._group_actions[0].choices[sub]
+        for action in sp._actions:
+            assert action.help, f"{sub}: option {action.option_strings or action.dest} lacks help"
+
+
+def _bad(capsys, argv, pattern):
+    """Exit status 2, exactly one error line (the last one), no traceback."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and err.splitlines()[-1] == errors[0], err
+    assert "Traceback" not in err
+    assert pattern in errors[0], err
+
+
+def test_errors_are_one_line(planted, tmp_path, capsys):
+    _bad(capsys, ["fit", str(tmp_path / "missing.npy"), "--rank", "2"], "no such file")
+    txt = tmp_path / "notes.npy"
+    txt.write_text("hello, not a tensor")
+    _bad(capsys, ["fit", str(txt), "--rank", "2"], "not a tensor")
+    vec = tmp_path / "vec.npy"
+    np.save(vec, np.arange(5.0))
+    _bad(capsys, ["sweep", str(vec)], "at least 2 modes")
+    _bad(capsys, ["fit", str(planted), "--rank", "0"], "positive integer")
+    _bad(capsys, ["fit", str(planted), "--rank", "50"], "out of range")
+    _bad(capsys, ["sweep", str(planted), "--ranks", "0-3"], "positive integers")
+    _bad(capsys, ["sweep", str(planted), "--ranks", "1-100"], "out of range")
+    _bad(
+        capsys,
+        ["analyze-adapter", str(tmp_path), "--out", str(tmp_path / "o")],
+        "lacks adapter_config.json",
+    )
+    _bad(
+        capsys,
+        ["demo", "--glue-dir", str(tmp_path), "--out", str(tmp_path / "d")],
+        "lacks train.tsv",
+    )
+
+
+def test_different_architectures(tmp_path, tiny_bert_pair, capsys):
+    from transformers import BertModel
+
+    from .conftest import tiny_bert_config
+
+    BertModel(tiny_bert_config(layers=3)).save_pretrained(tmp_path / "three")
+    _bad(
+        capsys,
+        ["analyze", str(tiny_bert_pair[0]), str(tmp_path / "three"), "--out", str(tmp_path / "o")],
+        "different architectures",
+    )
+
+
+def test_usage_error_exit_code(capsys):
+    assert main(["fit"]) == 2
+    assert "required" in capsys.readouterr().err
+    assert main([]) == 2
+
+
+def test_subprocess_exit_code_and_one_line_error(tmp_path):
+    bad = run_cli("fit", str(tmp_path / "missing.npy"), "--rank", "2")
+    assert bad.returncode == 2
+    assert bad.stdout == ""
+    assert bad.stderr.strip().splitlines() == [
+        f"cptensor fit: error: {tmp_path / 'missing.npy'}: no such file"
+    ]
+
+
+def test_analyze_checkpoints(tiny_bert_pair, tmp_path, capsys):
+    base_dir, tuned_dir, _, _ = tiny_bert_pair
+    assert (
+        main(
+            [
+                "analyze",
+                str(base_dir),
+                str(tuned_dir),
+                "--out",
+                str(tmp_path / "r"),
+                "--ranks",
+                "1-2",
+                "--starts",
+                "1",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["shape"] == [16, 4, 4, 2, 4] and len(doc["cp"]) == 2
+    assert (tmp_path / "r" / "report.md").is_file()
+
+
+def test_analyze_real_minilm_adapter(minilm_lora, tmp_path, capsys):
+    adapter_dir, _, base_dir = minilm_lora
+    assert (
+        main(
+            [
+                "analyze-adapter",
+                str(adapter_dir),
+                "--base-config",
+                str(base_dir),
+                "--out",
+                str(tmp_path / "r"),
+                "--ranks",
+                "1,2",
+                "--starts",
+                "1",
+                "--max-iter",
+                "20",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "delta of shape (384, 32, 12, 6, 4)" in out
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert len(rep["per_matrix"]) == 24
+    assert all(p["numerical"] == 4 for p in rep["per_matrix"])

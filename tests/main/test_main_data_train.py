@@ -1,0 +1,130 @@
+"""Data loaders, the training loop and the demo pipeline."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cptensor_adapters.data import TextDataset, load_sst2, load_vader, vader_lexicon_path
+from cptensor_adapters.train import TrainConfig, load_minilm, train_classifier
+
+from .conftest import glue_dir, needs_glue
+
+
+def test_vader_labels_follow_the_mean_rating():
+    split = load_vader(test_fraction=0.2, seed=0)
+    n = len(split.train) + len(split.test)
+    rows = [
+        line.rstrip("\r\n").split("\t") for line in open(vader_lexicon_path(), encoding="utf-8")
+    ]
+    nonzero: dict[str, float] = {}
+    for r in rows:
+        if float(r[1]) != 0:
+            nonzero.setdefault(r[0], float(r[1]))
+    assert n == len(nonzero) - 2 == 7504  # 'd:' and 'd=' have entries of both signs
+    assert len(set(split.train.texts + split.test.texts)) == n
+    assert len(split.test) == round(0.2 * n)
+    for t, y in zip(split.test.texts[:200], split.test.labels[:200]):
+        assert y == (1 if nonzero[t] > 0 else 0)
+    assert not set(split.train.texts) & set(split.test.texts)
+    assert load_vader(seed=0).test == split.test
+    assert load_vader(seed=1).test != split.test
+
+
+def test_vader_bad_fraction():
+    with pytest.raises(ValueError, match="test_fraction"):
+        load_vader(test_fraction=1.5)
+
+
+def test_sst2_loader(tmp_path):
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\ngood film \t1\nbad film \t0\nok \t1\n")
+    with pytest.raises(FileNotFoundError, match=r"lacks dev\.tsv"):
+        load_sst2(tmp_path)
+    (tmp_path / "dev.tsv").write_text("sentence\tlabel\nfine \t1\n")
+    s = load_sst2(tmp_path)
+    assert s.train.texts == ("good film", "bad film", "ok") and s.test.labels == (1,)
+    assert len(load_sst2(tmp_path, train_size=2).train) == 2
+    (tmp_path / "dev.tsv").write_text("text\ty\nfine\t1\n")
+    with pytest.raises(ValueError, match="'sentence' and 'label'"):
+        load_sst2(tmp_path)
+
+
+@needs_glue
+def test_real_sst2():
+    s = load_sst2(glue_dir())
+    assert len(s.train) == 67349 and len(s.test) == 872
+    assert set(s.test.labels) == {0, 1}
+
+
+def test_train_config_validation():
+    with pytest.raises(ValueError, match="steps"):
+        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="lr"):
+        TrainConfig(lr=-1.0)
+
+
+def test_training_updates_only_trainable_parameters():
+    model, tok = load_minilm(2, seed=0)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("classifier.") or "layer.5.attention.self.query" in name)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    toy = TextDataset(("good", "great", "awful", "bad", "nice", "horrible"), (1, 1, 0, 0, 1, 0))
+    r = train_classifier(model, tok, toy, toy, TrainConfig(steps=3, batch_size=4, lr=1e-2))
+    assert r.steps == 3 and len(r.losses) == 3 and 0 <= r.accuracy <= 1
+    assert r.trainable_parameters == 770 + 384 * 384 + 384
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {
+        "classifier.weight",
+        "classifier.bias",
+        "bert.encoder.layer.5.attention.self.query.weight",
+        "bert.encoder.layer.5.attention.self.query.bias",
+    }
+
+
+def test_training_is_reproducible():
+    toy = TextDataset(tuple("abcdefgh"), (1, 0) * 4)
+    losses = []
+    for _ in range(2):
+        model, tok = load_minilm(2, seed=3)
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("classifier."))
+        cfg = TrainConfig(steps=3, batch_size=4, seed=3)
+        losses.append(train_classifier(model, tok, toy, toy, cfg).losses)
+    assert losses[0] == losses[1]
+
+
+def test_no_trainable_parameter_refused():
+    model, tok = load_minilm(2)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    toy = TextDataset(("a",), (1,))
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        train_classifier(model, tok, toy, toy, TrainConfig(steps=1))
+
+
+def test_quick_demo_end_to_end(tmp_path, capsys):
+    from cptensor_adapters.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| method" in text and "held-out accuracy" in text
+    for f in (
+        "report.md",
+        "report.json",
+        "rank_sweep.png",
+        "energy_vs_parameters.png",
+        "rank_profile.png",
+        "training_loss.png",
+    ):
+        assert (out / f).stat().st_size > 0, f
+    doc = json.loads((out / "report.json").read_text())
+    labels = [r["method"] for r in doc["table"]]
+    assert labels[:2] == ["head only", "LoRA r=8 (Q,K,V,O)"]
+    assert doc["delta_analysis"]["shape"] == [384, 32, 12, 6, 4]
+    per = doc["delta_analysis"]["per_matrix"]
+    assert len(per) == 24 and max(p["numerical"] for p in per) <= 8
+    assert np.isfinite(doc["delta_analysis"]["norm"])
