@@ -19,7 +19,8 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check cptensor cptensor_adapters tests benchmarks docs
-	$(PY) -m pytest -n 2 -q
+	# Two pytest workers on two cores: one BLAS/OpenMP thread each, or small GEMMs crawl.
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n 2 -q
 	$(PY) -m mkdocs build --strict --quiet -d site
 
 bench: $(STAMP)

@@ -202,6 +202,11 @@ def run(
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers deprecations
+    import torch
+
+    from cptensor_adapters.train import choose_threads
+
+    torch.set_num_threads(choose_threads())
     split = load_sst2(glue_dir)
     import numpy as np
 

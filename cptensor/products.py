@@ -25,6 +25,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from ._backend import (
     Array,
     check_same_device_dtype,
@@ -294,7 +296,16 @@ def multi_mode_product(
         raise ValueError(f"modes has {len(modes)} entries but matrices has {len(matrices)}")
     if len(set(modes)) != len(modes):
         raise ValueError(f"modes must be distinct, got {modes}")
-    skipped = _skip_list(skip, len(matrices)) if skip is not None else set()
+    skipped = set()
+    for k in [] if skip is None else [skip] if isinstance(skip, (int, np.integer)) else skip:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"skip must hold ints (indices into matrices), got {k!r}")
+        if not -len(matrices) <= int(k) < len(matrices):
+            raise ValueError(
+                f"skip={int(k)} is out of range: it indexes matrices, which has "
+                f"{len(matrices)} entries"
+            )
+        skipped.add(int(k) % len(matrices))
     out = x
     removed: list[int] = []  # modes of x contracted away by vectors so far
     for i, (matrix, mode) in enumerate(zip(matrices, modes)):

@@ -86,8 +86,11 @@ class AdapterConfig:
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
             raise ValueError(f"r: expected an integer >= 1, got {self.r!r}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or \
-                not math.isfinite(self.alpha):
+        if (
+            isinstance(self.alpha, bool)
+            or not isinstance(self.alpha, (int, float))
+            or not math.isfinite(self.alpha)
+        ):
             raise ValueError(f"alpha: expected a finite number, got {self.alpha!r}")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
@@ -122,14 +125,16 @@ class AdapterConfig:
             raise ValueError(f"seed: expected an integer, got {self.seed!r}")
         if self.factor_dtype is not None and self.factor_dtype not in _DTYPES:
             raise ValueError(
-                f"factor_dtype: expected None or one of {sorted(_DTYPES)}, got {self.factor_dtype!r}"
+                f"factor_dtype: expected None or one of {sorted(_DTYPES)}, "
+                f"got {self.factor_dtype!r}"
             )
         if self.modules_to_save is not None:
             if isinstance(self.modules_to_save, str) or not all(
                 isinstance(m, str) and m for m in self.modules_to_save
             ):
                 raise ValueError(
-                    f"modules_to_save: expected a list of module names, got {self.modules_to_save!r}"
+                    "modules_to_save: expected a list of module names, got "
+                    f"{self.modules_to_save!r}"
                 )
             self.modules_to_save = list(self.modules_to_save)
         if self.roles is not None:
@@ -182,7 +187,9 @@ class AdapterConfig:
         known = {f.name for f in fields(cls) if f.init}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"AdapterConfig: unknown fields {unknown}; known fields {sorted(known)}")
+            raise ValueError(
+                f"AdapterConfig: unknown fields {unknown}; known fields {sorted(known)}"
+            )
         return cls(**dict(data))
 
     def to_json(self) -> str:
@@ -204,4 +211,3 @@ class AdapterConfig:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
         data.update(changes)
         return type(self)(**data)
-

@@ -187,6 +187,12 @@ def run_demo(
     methods : tuple of DemoMethod
         What to train (default :data:`DEMO_METHODS`).
 
+    Notes
+    -----
+    The demo sets torch's thread count for the process to
+    :func:`~cptensor_adapters.train.choose_threads` (the idle cores; ``$CPTENSOR_THREADS``
+    overrides it).
+
     Returns
     -------
     dict
@@ -206,6 +212,16 @@ def run_demo(
         if verbose:
             print(line, flush=True)
 
+    import torch
+
+    from .train import choose_threads
+
+    threads = choose_threads()
+    torch.set_num_threads(threads)
+    say(
+        f"Using {threads} CPU thread(s) for torch (the cores not busy with other work; "
+        "override with CPTENSOR_THREADS)."
+    )
     b = _budget(quick, glue_dir is not None)
     core = _run_core_demo(say, quick)
     if glue_dir is not None:

@@ -288,7 +288,9 @@ class WeightGrid:
             head_dim=data.get("head_dim"),
         )
 
-    def differences(self, other: WeightGrid, *, labels: tuple[str, str] = ("self", "other")) -> list[str]:
+    def differences(
+        self, other: WeightGrid, *, labels: tuple[str, str] = ("self", "other")
+    ) -> list[str]:
         """Human-readable list of what differs between two grids (empty if they match).
 
         Example:
@@ -299,8 +301,14 @@ class WeightGrid:
         """
         la, lb = labels
         out: list[str] = []
-        for attr in ("architecture", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
-                     "num_layers"):
+        for attr in (
+            "architecture",
+            "hidden_size",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "num_layers",
+        ):
             va, vb = getattr(self, attr), getattr(other, attr)
             if va != vb:
                 out.append(f"{attr}: {la} {va}, {lb} {vb}")
@@ -316,8 +324,16 @@ class WeightGrid:
             u = other._by_name.get(t.name)
             if u is None:
                 continue
-            for attr in ("layer", "matrix", "in_features", "out_features", "heads", "head_dim",
-                         "storage", "out_offset"):
+            for attr in (
+                "layer",
+                "matrix",
+                "in_features",
+                "out_features",
+                "heads",
+                "head_dim",
+                "storage",
+                "out_offset",
+            ):
                 va, vb = getattr(t, attr), getattr(u, attr)
                 if va != vb:
                     out.append(f"target {t.name!r}: {attr} {la} {va}, {lb} {vb}")
@@ -376,7 +392,8 @@ class WeightGrid:
             bad = [t for t in targets if not isinstance(t, str) or not t]
             if bad or not targets:
                 raise ValueError(
-                    f"targets: expected a non-empty list of non-empty strings, got {list(targets)!r}"
+                    "targets: expected a non-empty list of non-empty strings, got "
+                    f"{list(targets)!r}"
                 )
         role_map: dict[str, str] = dict(_KNOWN_ROLES)
         if roles:
@@ -430,7 +447,9 @@ class WeightGrid:
             try:
                 pattern = re.compile(targets)
             except re.error as exc:
-                raise ValueError(f"targets: invalid regular expression {targets!r}: {exc}") from None
+                raise ValueError(
+                    f"targets: invalid regular expression {targets!r}: {exc}"
+                ) from None
             selected = [e for e in entries if pattern.fullmatch(e[0])]
             if not selected:
                 raise ValueError(
@@ -468,7 +487,7 @@ class WeightGrid:
 
         # 3. geometry (head size from a Q or O weight when no config gives it)
         if d_h is None and H:
-            for path, mod, rs in attention:
+            for _, mod, rs in attention:
                 out_f, in_f, _ = _weight_shape(mod)
                 assert rs is not None
                 if rs == ("q",) and out_f % H == 0:
@@ -484,8 +503,11 @@ class WeightGrid:
             layer = _first_int(path)
             layer = 0 if layer is None else layer
             if rs is None:
-                found.append(Target(path, path, layer, _relative_to_layer(path), in_f, out_f,
-                                    storage=storage))
+                found.append(
+                    Target(
+                        path, path, layer, _relative_to_layer(path), in_f, out_f, storage=storage
+                    )
+                )
                 continue
             if H is None or d_h is None:
                 raise ValueError(
@@ -503,20 +525,45 @@ class WeightGrid:
                             f"target {path!r} (o): in_features={in_f}, expected num_heads*head_dim"
                             f" = {H}*{d_h} = {H * d_h}; pass num_heads=/head_dim= explicitly"
                         )
-                    found.append(Target(path, path, layer, "o", in_f, out_f, heads=H, head_dim=d_h,
-                                        head_side="in", storage=storage))
+                    found.append(
+                        Target(
+                            path,
+                            path,
+                            layer,
+                            "o",
+                            in_f,
+                            out_f,
+                            heads=H,
+                            head_dim=d_h,
+                            head_side="in",
+                            storage=storage,
+                        )
+                    )
                     continue
                 if not fused and out_f != size:
                     raise ValueError(
                         f"target {path!r} ({role}): out_features={out_f}, expected "
                         f"{'num_kv_heads' if role in 'kv' else 'num_heads'}*head_dim = "
-                        f"{heads}*{d_h} = {size}; pass num_heads=/num_kv_heads=/head_dim= explicitly"
+                        f"{heads}*{d_h} = {size}; pass num_heads=/num_kv_heads=/head_dim= "
+                        "explicitly"
                     )
                 if role in rs:
                     name = f"{path}:{role}" if fused else path
-                    found.append(Target(name, path, layer, role, in_f, size, heads=heads,
-                                        head_dim=d_h, head_side="out", storage=storage,
-                                        out_offset=offset))
+                    found.append(
+                        Target(
+                            name,
+                            path,
+                            layer,
+                            role,
+                            in_f,
+                            size,
+                            heads=heads,
+                            head_dim=d_h,
+                            head_side="out",
+                            storage=storage,
+                            out_offset=offset,
+                        )
+                    )
                 offset += size
             if fused and offset != out_f:
                 raise ValueError(

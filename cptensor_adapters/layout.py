@@ -78,7 +78,7 @@ class Layout:
         >>> Layout(modes=("out", "in", "heads"))
         Traceback (most recent call last):
         ...
-        ValueError: layout modes: unknown axis 'heads'; expected axes from ('out', 'in', 'head', 'layer', 'matrix')
+        ValueError: layout modes: unknown axis 'heads'; expected axes from ('out', 'in', ...)
     """
 
     modes: tuple[str, ...]
@@ -88,9 +88,7 @@ class Layout:
     def __post_init__(self) -> None:
         for label, axes in (("modes", self.modes), ("groups", self.groups)):
             if isinstance(axes, str) or not isinstance(axes, Sequence):
-                raise ValueError(
-                    f"layout {label}: expected a sequence of axis names, got {axes!r}"
-                )
+                raise ValueError(f"layout {label}: expected a sequence of axis names, got {axes!r}")
             for a in axes:
                 if a not in AXES:
                     raise ValueError(
@@ -159,8 +157,11 @@ class Layout:
                     f"keys {sorted(spec)}"
                 )
             name = spec.get("name", "custom")
-            if name in LAYOUTS and LAYOUTS[name].modes == tuple(spec["modes"]) and \
-                    LAYOUTS[name].groups == tuple(spec.get("groups", ())):
+            if (
+                name in LAYOUTS
+                and LAYOUTS[name].modes == tuple(spec["modes"])
+                and LAYOUTS[name].groups == tuple(spec.get("groups", ()))
+            ):
                 return LAYOUTS[name]
             return cls(tuple(spec["modes"]), tuple(spec.get("groups", ())), name)
         raise ValueError(
@@ -198,9 +199,7 @@ def resolve_head_split(head_split: str | Mapping[str, str], target: Target) -> S
         )
     side = head_split.get(target.matrix, natural)
     if side not in ("out", "in"):
-        raise ValueError(
-            f"head_split[{target.matrix!r}]: expected 'out' or 'in', got {side!r}"
-        )
+        raise ValueError(f"head_split[{target.matrix!r}]: expected 'out' or 'in', got {side!r}")
     return side  # type: ignore[return-value]
 
 
@@ -305,9 +304,7 @@ def plan_groups(
             labels["layer"] = tuple(sorted({t.layer for t, *_ in items}))
         if "matrix" in layout.modes:
             labels["matrix"] = _ordered_matrices([t.matrix for t, *_ in items])
-        shape = tuple(
-            sizes[m] if m in sizes else len(labels[m]) for m in layout.modes
-        )
+        shape = tuple(sizes[m] if m in sizes else len(labels[m]) for m in layout.modes)
         members = tuple(
             Member(
                 target=t.name,
@@ -333,4 +330,3 @@ def lora_equivalent_parameters(grid: WeightGrid, r: int) -> int:
         20
     """
     return sum(r * (t.in_features + t.out_features) for t in grid.targets)
-

@@ -98,7 +98,9 @@ def _update_requires_grad(model: nn.Module, store: FactorStore) -> None:
                 p.requires_grad_(flag)
 
 
-def attach(model: nn.Module, config: AdapterConfig | None = None, name: str = "default") -> nn.Module:
+def attach(
+    model: nn.Module, config: AdapterConfig | None = None, name: str = "default"
+) -> nn.Module:
     """Attach a CP-factored adapter to ``model`` (in place) and return the model.
 
     The targets are wrapped by :class:`~cptensor_adapters.modules.CPAdapterLayer`; the
@@ -488,9 +490,10 @@ def parameter_report(model: nn.Module) -> dict[str, ParameterReport]:
         r = a.config.r
         sizes = Counter(" + ".join(str(s) for s in p.shape) for p in a.plans)
         count = a.num_parameters()
-        formula = " + ".join(
-            (f"{k}×" if k > 1 else "") + f"{r}·({s})" for s, k in sizes.items()
-        ) + f" = {count}"
+        formula = (
+            " + ".join((f"{k}×" if k > 1 else "") + f"{r}·({s})" for s, k in sizes.items())
+            + f" = {count}"
+        )
         out[name] = ParameterReport(
             name=name,
             layout=a.config.resolved_layout.name,
@@ -557,8 +560,10 @@ def delta_weights(model: nn.Module, name: str = "default") -> dict[str, torch.Te
         >>> from cptensor_adapters import AdapterConfig, attach
         >>> m = attach(GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=4)), AdapterConfig(r=2))
         >>> d = delta_weights(m)
-        >>> list(d)[:2], tuple(d["h.0.attn.c_attn:k"].shape), float(d["h.0.attn.c_proj"].abs().sum())
-        (['h.0.attn.c_attn:q', 'h.0.attn.c_attn:k'], (32, 32), 0.0)
+        >>> list(d)[:2], tuple(d["h.0.attn.c_attn:k"].shape)
+        (['h.0.attn.c_attn:q', 'h.0.attn.c_attn:k'], (32, 32))
+        >>> float(d["h.0.attn.c_proj"].abs().sum())  # default init: ΔW = 0
+        0.0
     """
     _require_adapter(model, name)
     out: dict[str, torch.Tensor] = {}

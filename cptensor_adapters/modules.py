@@ -117,15 +117,21 @@ class AdapterFactors(nn.Module):
             for mode, p in g.factors.items():
                 if p.device.type == "meta":
                     continue
-                zero = (init == "default" and mode == "in") or (init == "zero_out" and mode == "out")
+                zero = (init == "default" and mode == "in") or (
+                    init == "zero_out" and mode == "out"
+                )
                 if zero:
                     p.zero_()
                     continue
                 gen = torch.Generator(device=p.device)
                 gen.manual_seed(_mode_seed(self.config.seed, g.plan.index, mode))
                 bound = 1.0 / (p.shape[1] ** 0.5)
-                p.copy_(torch.rand(p.shape, generator=gen, device=p.device, dtype=torch.float32)
-                        .mul_(2 * bound).sub_(bound).to(p.dtype))
+                p.copy_(
+                    torch.rand(p.shape, generator=gen, device=p.device, dtype=torch.float32)
+                    .mul_(2 * bound)
+                    .sub_(bound)
+                    .to(p.dtype)
+                )
 
     def num_parameters(self) -> int:
         """Number of factor entries."""
@@ -133,9 +139,9 @@ class AdapterFactors(nn.Module):
 
 
 def _mode_seed(seed: int, group: int, mode: str) -> int:
-    return (seed * 1_000_003 + group * 101 + ("out", "in", "head", "layer", "matrix").index(mode)) % (
-        2**63
-    )
+    return (
+        seed * 1_000_003 + group * 101 + ("out", "in", "head", "layer", "matrix").index(mode)
+    ) % (2**63)
 
 
 class FactorStore(nn.Module):
@@ -304,7 +310,9 @@ class CPAdapterLayer(nn.Module):
         As, Bs = [], []
         for pc, A, B, _ in parts:
             As.append(A)
-            Bs.append(F.pad(B, (0, 0, pc.out_offset, self.out_features - pc.out_offset - pc.out_size)))
+            Bs.append(
+                F.pad(B, (0, 0, pc.out_offset, self.out_features - pc.out_offset - pc.out_size))
+            )
         return torch.cat(As, 0), torch.cat(Bs, 1)
 
     def delta_weights(self, name: str) -> dict[str, torch.Tensor]:
@@ -360,7 +368,9 @@ class CPAdapterLayer(nn.Module):
         w.add_(delta.to(w.dtype), alpha=sign)
 
 
-def _add_update(result: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+def _add_update(
+    result: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor
+) -> torch.Tensor:
     """``result + (x·Aᵀ)·Bᵀ`` over the last dimension, computed in the factors' dtype."""
     if x.dtype != A.dtype:
         x = x.to(A.dtype)

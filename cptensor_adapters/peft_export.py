@@ -64,8 +64,12 @@ def save_as_peft_lora(
             if name not in layer.pieces:
                 continue
             A, B = layer.effective_factors(name)
-            tensors[f"base_model.model.{mpath}.lora_A.weight"] = A.detach().cpu().contiguous().clone()
-            tensors[f"base_model.model.{mpath}.lora_B.weight"] = B.detach().cpu().contiguous().clone()
+            tensors[f"base_model.model.{mpath}.lora_A.weight"] = (
+                A.detach().cpu().contiguous().clone()
+            )
+            tensors[f"base_model.model.{mpath}.lora_B.weight"] = (
+                B.detach().cpu().contiguous().clone()
+            )
             ranks[mpath] = int(A.shape[0])
             conv1d.append(layer.storage == "conv1d")
     saved = []
@@ -105,4 +109,6 @@ def _peft_config_dict(fields: dict[str, Any]) -> dict[str, Any]:
     cfg = LoraConfig(**fields)
     cfg.inference_mode = True
     data = cfg.to_dict()
-    return json.loads(json.dumps(data, default=lambda o: sorted(o) if isinstance(o, set) else str(o)))
+    return json.loads(
+        json.dumps(data, default=lambda o: sorted(o) if isinstance(o, set) else str(o))
+    )

@@ -28,6 +28,7 @@ from .data import TextDataset
 __all__ = [
     "TrainConfig",
     "TrainResult",
+    "choose_threads",
     "evaluate_accuracy",
     "load_minilm",
     "minilm_path",
@@ -143,6 +144,39 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 - third-party code (dropout masks, inits) reads it
     torch.manual_seed(seed)
+
+
+def choose_threads(max_threads: int | None = None) -> int:
+    """How many threads torch should use here: the cores that other work leaves idle.
+
+    ``$CPTENSOR_THREADS`` when set; else ``os.cpu_count()`` minus the 1-minute load
+    average (rounded), at least 1 and at most ``max_threads``. On a shared machine this
+    matters a lot: intra-op threads that wait on each other at every barrier while other
+    processes hold the cores made a MiniLM training step about 5x slower with 2 threads
+    than with 1 on a 2-core machine under load. Callers (the demo, the SST-2 benchmark)
+    apply it with ``torch.set_num_threads``; library functions never change it.
+
+    Examples
+    --------
+    >>> 1 <= choose_threads() <= (os.cpu_count() or 1)
+    True
+    """
+    env = os.environ.get("CPTENSOR_THREADS")
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            raise ValueError(f"CPTENSOR_THREADS must be a positive integer; got {env!r}") from None
+        if n < 1:
+            raise ValueError(f"CPTENSOR_THREADS must be a positive integer; got {env!r}")
+        return n
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):  # pragma: no cover - platforms without getloadavg
+        load = 0.0
+    n = max(1, min(cores, cores - round(load)))
+    return min(n, max_threads) if max_threads else n
 
 
 def minilm_path() -> str:

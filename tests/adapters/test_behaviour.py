@@ -121,8 +121,9 @@ def test_factored_forward_equals_dense(tiny, arch, layout):
     g = torch.Generator().manual_seed(0)
     n_checked = 0
     for path, layer in iter_adapter_layers(m):
-        targets = sorted(m.cp_adapters.adapters["default"].grid.targets_of(path),
-                         key=lambda t: t.out_offset)
+        targets = sorted(
+            m.cp_adapters.adapters["default"].grid.targets_of(path), key=lambda t: t.out_offset
+        )
         dw = torch.cat([deltas[t.name] for t in targets], 0)
         w = layer.weight.detach()
         w_lin = w.t() if layer.storage == "conv1d" else w
@@ -130,7 +131,7 @@ def test_factored_forward_equals_dense(tiny, arch, layout):
         x = torch.randn(3, 5, layer.in_features, generator=g)
         expected = F.linear(x, w_lin + dw, layer.bias)
         torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
-        assert (dw.abs().max() > 1e-3), "non-trivial update"
+        assert dw.abs().max() > 1e-3, "non-trivial update"
         n_checked += 1
     assert n_checked == len({t.module for t in m.cp_adapters.adapters["default"].grid})
 
@@ -159,7 +160,7 @@ def test_two_named_adapters_switch(tiny, arch, layout, ids):
     trainable = {n.split(".")[2] for n, p in m.named_parameters() if p.requires_grad}
     assert trainable == {"b"}
     # both active: the updates of a layer add up
-    path, layer = next(iter_adapter_layers(m))
+    _, layer = next(iter_adapter_layers(m))
     x = torch.randn(4, layer.in_features, generator=torch.Generator().manual_seed(0))
     outs = {}
     for active in (["a"], ["b"], ["a", "b"], []):

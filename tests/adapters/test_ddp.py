@@ -28,5 +28,6 @@ def test_ddp_two_processes_match_one(tmp_path):
         for name, g in single.items():
             assert g.abs().max() > 0, f"{arch}/{layout}: {name} has no gradient"
             for r in (0, 1):
-                torch.testing.assert_close(ranks[r][name], g, atol=1e-6, rtol=1e-5,
-                                           msg=f"{arch}/{layout} rank {r}: {name}")
+                torch.testing.assert_close(
+                    ranks[r][name], g, atol=1e-6, rtol=1e-5, msg=f"{arch}/{layout} rank {r}: {name}"
+                )

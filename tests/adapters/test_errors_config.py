@@ -15,12 +15,23 @@ from cptensor_adapters import AdapterConfig, Layout
 
 def test_config_json_round_trip():
     cfg = AdapterConfig(
-        r=3, alpha=6, dropout=0.1, layout=Layout(("out", "in", "layer"), ("matrix",)),
-        targets=["q", "v"], head_split={"q": "in"}, init="random", seed=4,
-        factor_dtype="float32", modules_to_save=["classifier"],
+        r=3,
+        alpha=6,
+        dropout=0.1,
+        layout=Layout(("out", "in", "layer"), ("matrix",)),
+        targets=["q", "v"],
+        head_split={"q": "in"},
+        init="random",
+        seed=4,
+        factor_dtype="float32",
+        modules_to_save=["classifier"],
     )
     data = json.loads(cfg.to_json())
-    assert data["layout"] == {"name": "custom", "modes": ["out", "in", "layer"], "groups": ["matrix"]}
+    assert data["layout"] == {
+        "name": "custom",
+        "modes": ["out", "in", "layer"],
+        "groups": ["matrix"],
+    }
     back = AdapterConfig.from_json(cfg.to_json())
     assert back == cfg and back.resolved_layout == cfg.resolved_layout
     assert AdapterConfig(layout=Layout.resolve("lora")).layout == "lora"
@@ -59,7 +70,9 @@ def test_unknown_config_field():
 
 
 def test_unknown_target_names(tiny):
-    with pytest.raises(ValueError, match=r"targets: \['qurey'\] match no module.*'attention.self.query'"):
+    with pytest.raises(
+        ValueError, match=r"targets: \['qurey'\] match no module.*'attention.self.query'"
+    ):
         cpa.attach(tiny("bert"), AdapterConfig(targets=["query", "qurey"]))
     with pytest.raises(ValueError, match=r"regular expression 'nothing.*' matches no"):
         cpa.attach(tiny("bert"), AdapterConfig(targets="nothing.*"))
@@ -69,7 +82,9 @@ def test_unknown_target_names(tiny):
 
 def test_model_without_known_attention_lists_what_it_found():
     net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
-    with pytest.raises(ValueError, match=r"found no attention projection.*Weight modules found: '0', '2'"):
+    with pytest.raises(
+        ValueError, match=r"found no attention projection.*Weight modules found: '0', '2'"
+    ):
         cpa.attach(net, AdapterConfig())
     m = cpa.attach(net, AdapterConfig(r=2, targets=["0", "2"], init="random"))
     assert cpa.parameter_report(m)["default"].groups == 2  # different shapes: two groups
@@ -80,17 +95,32 @@ def test_loading_into_other_geometry(tiny, tmp_path):
 
     m = cpa.attach(tiny("bert"), AdapterConfig(r=2))
     cpa.save_adapter(m, tmp_path)
-    wider = transformers.BertModel(transformers.BertConfig(
-        hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        vocab_size=100,
-    ))
-    with pytest.raises(ValueError, match=r"other geometry: hidden_size: file 32, model 48; head_dim: file 8, model 12"):
+    wider = transformers.BertModel(
+        transformers.BertConfig(
+            hidden_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            vocab_size=100,
+        )
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"other geometry: hidden_size: file 32, model 48; head_dim: file 8, model 12",
+    ):
         cpa.load_adapter(wider, tmp_path)
-    deeper = transformers.BertModel(transformers.BertConfig(
-        hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-        vocab_size=100,
-    ))
-    with pytest.raises(ValueError, match=r"num_layers: file 2, model 3; targets only in model: 'encoder.layer.2"):
+    deeper = transformers.BertModel(
+        transformers.BertConfig(
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=64,
+            vocab_size=100,
+        )
+    )
+    with pytest.raises(
+        ValueError, match=r"num_layers: file 2, model 3; targets only in model: 'encoder.layer.2"
+    ):
         cpa.load_adapter(deeper, tmp_path)
     with pytest.raises(ValueError, match=r"other geometry: architecture: file bert, model gpt2"):
         cpa.load_adapter(tiny("gpt2"), tmp_path)

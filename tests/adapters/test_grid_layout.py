@@ -16,7 +16,10 @@ def test_bert_grid(tiny):
     assert (grid.num_layers, grid.num_heads, grid.num_kv_heads, grid.head_dim) == (2, 4, 4, 8)
     assert grid.matrices == ("q", "k", "v", "o")
     assert len(grid) == 8
-    q, o = grid["encoder.layer.1.attention.self.query"], grid["encoder.layer.1.attention.output.dense"]
+    q, o = (
+        grid["encoder.layer.1.attention.self.query"],
+        grid["encoder.layer.1.attention.output.dense"],
+    )
     assert (q.layer, q.matrix, q.head_side, q.storage) == (1, "q", "out", "linear")
     assert (o.matrix, o.head_side, o.heads) == ("o", "in", 4)
 
@@ -26,7 +29,12 @@ def test_gpt2_fused_conv1d_grid(tiny):
     grid = WeightGrid.from_model(model)
     assert grid.architecture == "gpt2"
     names = [t.name for t in grid if t.layer == 0]
-    assert names == ["h.0.attn.c_attn:q", "h.0.attn.c_attn:k", "h.0.attn.c_attn:v", "h.0.attn.c_proj"]
+    assert names == [
+        "h.0.attn.c_attn:q",
+        "h.0.attn.c_attn:k",
+        "h.0.attn.c_attn:v",
+        "h.0.attn.c_proj",
+    ]
     offsets = [t.out_offset for t in grid if t.module == "h.0.attn.c_attn"]
     assert offsets == [0, 32, 64]
     assert all(t.storage == "conv1d" for t in grid)
@@ -57,15 +65,19 @@ def test_targets_by_list_regex_and_other_modules(tiny):
 
 
 def test_differently_shaped_targets_go_to_separate_groups(tiny):
-    grid = WeightGrid.from_model(tiny("llama"), targets=["q", "k", "v", "o", "up_proj", "down_proj"])
+    grid = WeightGrid.from_model(
+        tiny("llama"), targets=["q", "k", "v", "o", "up_proj", "down_proj"]
+    )
     plans = plan_groups(grid, Layout.resolve("lorta"))
     shapes = sorted(p.shape for p in plans)
-    assert shapes == sorted([
-        (32, 8, 4, 2, 2),   # Q and O: d × d_h × H × L × 2
-        (32, 8, 2, 2, 2),   # K and V under GQA: H_kv = 2 heads
-        (64, 32, 1, 2, 1),  # up_proj (no heads: one head spanning its input)
-        (32, 64, 1, 2, 1),  # down_proj
-    ])
+    assert shapes == sorted(
+        [
+            (32, 8, 4, 2, 2),  # Q and O: d × d_h × H × L × 2
+            (32, 8, 2, 2, 2),  # K and V under GQA: H_kv = 2 heads
+            (64, 32, 1, 2, 1),  # up_proj (no heads: one head spanning its input)
+            (32, 64, 1, 2, 1),  # down_proj
+        ]
+    )
     members = {p.shape: sorted({grid[m.target].matrix for m in p.members}) for p in plans}
     assert members[(32, 8, 2, 2, 2)] == ["k", "v"]
 
@@ -91,7 +103,7 @@ def test_custom_architecture_with_explicit_geometry():
             self.blocks = nn.ModuleList(Block() for _ in range(3))
 
     net = Net()
-    with pytest.raises(ValueError, match="found no attention projection.*'wq'"):
+    with pytest.raises(ValueError, match=r"found no attention projection.*'wq'"):
         WeightGrid.from_model(net)
     roles = {"wq": "q", "wk": "k", "wv": "v", "wo": "o"}
     with pytest.raises(ValueError, match="head geometry is unknown"):

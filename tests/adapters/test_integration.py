@@ -60,15 +60,22 @@ def test_lora_layout_counts_like_lora(tiny):
 # ---------------------------------------------------------------- modules_to_save
 def test_modules_to_save_classifier(tmp_path):
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=64, vocab_size=100, num_labels=3)
+    cfg = transformers.BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        vocab_size=100,
+        num_labels=3,
+    )
     base = transformers.BertForSequenceClassification(cfg).eval()
     ids = torch.randint(1, 100, (4, 6))
     logits0 = base(ids).logits
     m = cpa.attach(copy.deepcopy(base), AdapterConfig(r=2, modules_to_save=["classifier"]))
     trainable = {n for n, p in m.named_parameters() if p.requires_grad}
     assert trainable == {n for n in trainable if n.startswith("cp_adapters.")} | {
-        "classifier.modules_to_save.default.weight", "classifier.modules_to_save.default.bias"
+        "classifier.modules_to_save.default.weight",
+        "classifier.modules_to_save.default.bias",
     }
     opt = torch.optim.SGD(m.parameters(), lr=0.5)
     for _ in range(2):
@@ -141,7 +148,9 @@ def test_half_precision_base_with_float32_factors(tiny, ids, dtype):
     torch.testing.assert_close(y.float(), hidden(ref, ids), atol=0.1, rtol=0.05)
     y.float().pow(2).mean().backward()
     grads = [p.grad for p in m.cp_adapters.parameters()]
-    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    assert all(
+        g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads
+    )
     cpa.merge(m)
     assert m.layers[0].self_attn.q_proj.weight.dtype == dtype
     torch.testing.assert_close(hidden(m, ids).float(), y.float(), atol=0.1, rtol=0.05)
@@ -182,8 +191,14 @@ def test_torch_compile_inductor(tiny, ids):
 def test_hugging_face_trainer(tmp_path):
     pytest.importorskip("accelerate")
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=64, vocab_size=100, num_labels=2)
+    cfg = transformers.BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        vocab_size=100,
+        num_labels=2,
+    )
     model = transformers.BertForSequenceClassification(cfg)
     model = cpa.attach(model, AdapterConfig(r=2, modules_to_save=["classifier"]))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -193,14 +208,22 @@ def test_hugging_face_trainer(tmp_path):
         for i in range(8)
     ]
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4,
-        learning_rate=1e-2, report_to=[], save_strategy="no", use_cpu=True,
-        logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        logging_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
     )
     transformers.Trainer(model=model, args=args, train_dataset=data).train()
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed == {n for n in before if n.startswith("cp_adapters.")} | {
-        "classifier.modules_to_save.default.weight", "classifier.modules_to_save.default.bias"
+        "classifier.modules_to_save.default.weight",
+        "classifier.modules_to_save.default.bias",
     }
     deltas, oracle = cpa.delta_weights(model), dense_deltas_from_factors(model)
     assert any(d.abs().max() > 0 for d in deltas.values())

@@ -67,8 +67,16 @@ def test_factored_forward_equals_dense(
     model = Toy(layers, d, heads, kv_heads, head_dim).double()
     targets = list(ROLES) + (["up"] if with_mlp else [])
     cfg = cpa.AdapterConfig(
-        r=r, alpha=2.0 * r, layout=layout, targets=targets, head_split=head_split,
-        init="random", seed=seed, roles=ROLES, num_heads=heads, num_kv_heads=kv_heads,
+        r=r,
+        alpha=2.0 * r,
+        layout=layout,
+        targets=targets,
+        head_split=head_split,
+        init="random",
+        seed=seed,
+        roles=ROLES,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
         head_dim=head_dim,
     )
     cpa.attach(model, cfg)
@@ -79,9 +87,9 @@ def test_factored_forward_equals_dense(
     deltas = cpa.delta_weights(model)
     assert set(deltas) == set(oracle) and len(deltas) == len(targets) * layers
     x = torch.randn(3, d, dtype=torch.float64)
+    grid = model.cp_adapters.adapters["default"].grid
     for path, layer in iter_adapter_layers(model):
-        (target,) = [t for t in cpa.get_config(model) and model.cp_adapters.adapters[
-            "default"].grid if t.module == path]
+        (target,) = grid.targets_of(path)
         torch.testing.assert_close(deltas[target.name], oracle[target.name])
         xin = x if layer.in_features == d else torch.randn(3, layer.in_features, dtype=x.dtype)
         expected = F.linear(xin, layer.weight + oracle[target.name], layer.bias)

@@ -90,6 +90,10 @@ def test_shapes_that_do_not_match():
         ct.multi_mode_product(X, [M])
     with pytest.raises(ValueError, match=r"modes has 2 entries but matrices has 1"):
         ct.multi_mode_product(X, [M], modes=[1, 2])
+    with pytest.raises(ValueError, match=r"skip=2 is out of range: it indexes matrices, which"):
+        ct.multi_mode_product(X, [M], modes=[1], skip=2)
+    with pytest.raises(ValueError, match=r"matrices\[1\] \(mode 2\): matrix has shape \(2, 4\)"):
+        ct.multi_mode_product(X, [M, M], modes=[1, 2])
     with pytest.raises(ValueError, match=r"modes must be distinct"):
         ct.multi_mode_product(X, [M, M], modes=[1, 1])
     with pytest.raises(

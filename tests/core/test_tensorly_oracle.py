@@ -117,6 +117,27 @@ def test_multi_mode_product(x, data):
         multi_mode_dot(x, sub, modes=modes),
         rtol=RTOL,
     )
+    # skip indexes the list of matrices (TensorLy's documented meaning; its code applies
+    # it after sorting by mode, so compare on ascending modes only)
+    k = data.draw(st.integers(0, x.ndim - 1))
+    asc = sorted(modes)
+    by_mode = [mats[m] for m in asc]
+    assert_allclose(
+        ct.multi_mode_product(x, by_mode, modes=asc, skip=k),
+        multi_mode_dot(x, by_mode, modes=asc, skip=k),
+        rtol=RTOL,
+    )
+    kept = [i for i in range(len(sub)) if i != k]
+    assert_allclose(
+        ct.multi_mode_product(x, sub, modes=modes, skip=k),
+        ct.multi_mode_product(x, [sub[i] for i in kept], modes=[modes[i] for i in kept]),
+        rtol=RTOL,
+    )
+    # vectors contract their modes away (TensorLy needs ascending modes for this)
+    vecs = [m[0] for m in mats]
+    assert_allclose(ct.multi_mode_product(x, vecs), multi_mode_dot(x, vecs), rtol=RTOL)
+    mixed = [v if i % 2 else m for i, (m, v) in enumerate(zip(mats, vecs))]
+    assert_allclose(ct.multi_mode_product(x, mixed), multi_mode_dot(x, mixed), rtol=RTOL)
 
 
 @ORACLE

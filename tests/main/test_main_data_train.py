@@ -128,3 +128,30 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     per = doc["delta_analysis"]["per_matrix"]
     assert len(per) == 24 and max(p["numerical"] for p in per) <= 8
     assert np.isfinite(doc["delta_analysis"]["norm"])
+
+
+def test_choose_threads(monkeypatch):
+    from cptensor_adapters.train import choose_threads
+
+    monkeypatch.setenv("CPTENSOR_THREADS", "3")
+    assert choose_threads() == 3
+    monkeypatch.setenv("CPTENSOR_THREADS", "zero")
+    with pytest.raises(ValueError, match="CPTENSOR_THREADS"):
+        choose_threads()
+    monkeypatch.delenv("CPTENSOR_THREADS")
+    monkeypatch.setattr("os.getloadavg", lambda: (100.0, 0.0, 0.0))
+    assert choose_threads() == 1
+    monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert choose_threads(max_threads=1) == 1
+
+
+@needs_glue
+def test_quick_demo_on_sst2(tmp_path):
+    from cptensor_adapters.demo import DEMO_METHODS, run_demo
+
+    doc = run_demo(
+        tmp_path, glue_dir=str(glue_dir()), quick=True, verbose=False, methods=(DEMO_METHODS[1],)
+    )
+    assert doc["data"].startswith("GLUE SST-2") and doc["budget"]["max_length"] == 32
+    assert [r["method"] for r in doc["table"]] == ["LoRA r=8 (Q,K,V,O)"]
+    assert (tmp_path / "report.md").read_text().count("| LoRA r=8 (Q,K,V,O)") == 1
