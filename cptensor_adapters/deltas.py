@@ -511,6 +511,12 @@ def extract_delta(base: Any, tuned: Any, grid: Any = None, layout: Any = "lorta"
         heads = grid
     elif grid is not None:
         heads = getattr(grid, "n_heads", None) or getattr(grid, "num_heads", None)
+        kv = getattr(grid, "num_kv_heads", None)
+        if heads is not None and kv is not None and kv != heads:
+            raise ValueError(
+                f"grid has grouped-query attention ({heads} query heads, {kv} key/value "
+                "heads); extract_delta's LoRTA grid needs equal-sized Q, K, V, O"
+            )
     hb = heads or _heads_from_config(src_b.config) or _heads_from_config(src_t.config)
     ht = heads or _heads_from_config(src_t.config) or hb
     gb = _find_geometry(src_b.shapes, hb, "base")

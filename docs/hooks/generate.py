@@ -2,9 +2,10 @@
 
 The generators live in ``docs/scripts/generate.py`` (runnable on its own too). The hook runs
 them before the build, caches their output under ``build/docs-generated/<hash>/`` keyed by a
-hash of the generator scripts and of the library sources (so an unchanged tree does not
-recompute), adds the PNG figures to the site as ``figures/<name>.png`` and replaces markers
-``<!-- gen:NAME -->`` in the pages with the generated Markdown snippet ``NAME``.
+hash of the generator scripts, the recorded benchmark results and the library sources (so
+an unchanged tree does not recompute), adds the PNG figures to the site as
+``figures/<name>.png`` and replaces markers ``<!-- gen:NAME -->`` in the pages with the
+generated Markdown snippet ``NAME``.
 
 A marker without a snippet is a warning, which ``mkdocs build --strict`` turns into an
 error: a page never silently loses its table. For local editing, ``CPTENSOR_DOCS_REUSE=1``
@@ -39,7 +40,7 @@ _out_dir: Path | None = None
 
 def _source_hash() -> str:
     h = hashlib.sha256()
-    paths = sorted(SCRIPTS.glob("*.py"))
+    paths = sorted(SCRIPTS.glob("*.py")) + sorted((ROOT / "docs" / "bench-results").glob("*.md"))
     for pkg in ("cptensor", "cptensor_adapters"):
         paths += sorted((ROOT / pkg).rglob("*.py"))
     for p in paths:

@@ -20,7 +20,7 @@ from ._planted import planted
 
 pytest.importorskip("cptensor.fit")
 
-FAST = {"max_iter": 200, "tol": 1e-7}
+FAST = {"max_iter": 100, "tol": 1e-6}
 
 
 def _planted_case(seed: int) -> tuple[np.ndarray, int]:
@@ -136,7 +136,7 @@ def test_dense_block_and_lowrank_give_same_sweep() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "ranks"), [("kinetic", [1, 2, 3]), ("covid19", [1, 2, 3]), ("il2", [1, 2, 3])]
+    ("name", "ranks"), [("kinetic", [1, 2]), ("covid19", [1, 2, 3]), ("il2", [1, 2, 3])]
 )
 def test_real_datasets_end_to_end(name: str, ranks: list[int]) -> None:
     datasets = pytest.importorskip("cptensor.datasets")
@@ -145,7 +145,7 @@ def test_real_datasets_end_to_end(name: str, ranks: list[int]) -> None:
     except (ModuleNotFoundError, FileNotFoundError) as err:
         pytest.skip(str(err))
     before = x.copy()
-    sweep = rank_sweep(x, ranks, n_starts=2, seed=0, fit_kwargs={"max_iter": 100, "tol": 1e-6})
+    sweep = rank_sweep(x, ranks, n_starts=2, seed=0, fit_kwargs={"max_iter": 40, "tol": 1e-5})
     np.testing.assert_array_equal(x, before)  # NaNs (il2) are not overwritten in place
     fits = [r["best_fit"] for r in sweep.rows]
     assert all(math.isfinite(f) for f in fits)

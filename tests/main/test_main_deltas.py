@@ -240,3 +240,13 @@ def test_lora_delta_from_peft_model_matches_merge():
     dense = extract_delta(ref, merged).to_dense()
     np.testing.assert_allclose(lr.to_dense(), dense, atol=1e-6)
     assert np.count_nonzero(dense[..., 1]) == 0
+
+
+def test_grid_and_layout_objects_accepted(tiny_bert_pair):
+    from cptensor_adapters import Layout, WeightGrid
+
+    _, _, base, tuned = tiny_bert_pair
+    d = extract_delta(base, tuned, grid=WeightGrid.from_model(base), layout=Layout.resolve("lorta"))
+    assert d.shape == (16, 4, 4, 2, 4)
+    with pytest.raises(ValueError, match="layout must be one of"):
+        extract_delta(base, tuned, layout=Layout.resolve("lora"))
