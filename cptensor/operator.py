@@ -59,6 +59,12 @@ class TensorOperator(Protocol):
 #                                fitting so that reported errors do not suffer from the
 #                                cancellation in ‖X‖² + ‖M‖² − 2⟨X, M⟩.
 #   inner_cp(cp) -> float        ⟨X, cp⟩ when cheaper than an MTTKRP.
+#   multi_mode_product(matrices) X ×_1 M_1 ⋯ ×_N M_N (core consistency uses it with the
+#                                factors' pseudo-inverses).
+#   gram(mode) -> array          X_(mode) X_(mode)ᵀ; offer it only when cheap: fit_als uses it
+#                                for its SVD start (without it, an operator starts at random).
+#   unfolding_gram(mode)         the same, for multilinear_rank.
+#   device                       the device of the values.
 
 
 def is_operator(x: object) -> bool:
