@@ -19,6 +19,8 @@ class CPTensor:
         Sequence of N 2-D arrays, factor ``n`` of shape ``(I_n, R)``. All factors (and the
         weights) must come from one backend, live on one device and share one dtype.
 
+    Notes
+    -----
     The object unpacks as ``weights, factors = cp`` (as TensorLy's ``CPTensor`` does) and
     never changes after construction; operations return new objects.
 

@@ -23,6 +23,17 @@ class TensorOperator(Protocol):
     """What a structured tensor provides so that CP algorithms can use it.
 
     All returned arrays are of the operator's backend, device and dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cptensor import TensorOperator
+    >>> from cptensor.structured import LowRankBlockTensor
+    >>> rng = np.random.default_rng(0)
+    >>> pairs = {(0,): (rng.standard_normal((4, 2)), rng.standard_normal((3, 2)))}
+    >>> op = LowRankBlockTensor((4, 3, 1), (0,), (1,), pairs)
+    >>> isinstance(op, TensorOperator), op.shape
+    (True, (4, 3, 1))
     """
 
     __cptensor_operator__: bool
@@ -68,5 +79,10 @@ class TensorOperator(Protocol):
 
 
 def is_operator(x: object) -> bool:
-    """True when ``x`` declares itself a :class:`TensorOperator`."""
+    """True when ``x`` declares itself a :class:`TensorOperator`.
+
+    >>> import numpy as np
+    >>> is_operator(np.ones((2, 2)))
+    False
+    """
     return bool(getattr(type(x), "__cptensor_operator__", False))

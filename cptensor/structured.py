@@ -746,6 +746,8 @@ class LowRankBlockTensor:
         ``(d_out, r)``, ``A``: ``(r, d_in)``) is the pair ``(B, A.T)``; fold its scaling
         into ``B``.
 
+    Notes
+    -----
     LoRTA layout: for the tensor ``(d, d_h, H, L, M)`` use ``row_modes=(0,)`` and
     ``col_modes=(1, 2)``. A matrix whose heads split its *input* (O) is given as
     ``(B, A.T)`` (``d_out`` rows → mode 0, ``d_in = d_h·H`` → modes 1, 2); one whose heads

@@ -237,6 +237,15 @@ class LowRankTensor:
     collinearity:
         The congruence between any two columns of each factor (exact when the mode has
         at least ``rank`` rows).
+
+    Examples
+    --------
+    >>> from hypothesis import given
+    >>> from cptensor.testing import low_rank_tensors
+    >>> @given(low_rank_tensors(shape=(4, 5, 6), rank=2, noise=0.0))
+    ... def check(planted):
+    ...     assert planted.tensor.shape == (4, 5, 6) and planted.cp.rank == 2
+    >>> check()
     """
 
     tensor: Array

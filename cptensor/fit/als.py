@@ -515,7 +515,7 @@ def fit_als(
                 if callback(fs) is True:
                     stop_reason = f"stopped by callback at iteration {it}"
                     break
-            if err_exact and rel <= 100 * eps:
+            if err_exact and rel <= 10 * eps:
                 stop_reason = f"converged: exact fit (relative error {rel:.2e} at round-off level)"
                 converged = True
                 break
