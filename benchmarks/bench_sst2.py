@@ -79,6 +79,7 @@ class Run:
     head_params: int
     seconds_per_step: float
     steps: int
+    threads: int = 0  # torch threads used (timings depend on it and on the machine's load)
 
 
 def _build(method: str, seed: int) -> tuple[Any, Any, int, int]:
@@ -116,8 +117,12 @@ def _build(method: str, seed: int) -> tuple[Any, Any, int, int]:
 
 
 def _train(method: str, seed: int, lr: float, steps: int, train: Any, test: Any) -> Run:
-    from cptensor_adapters.train import TrainConfig, train_classifier
+    import torch
 
+    from cptensor_adapters.train import TrainConfig, choose_threads, train_classifier
+
+    # Re-chosen before every run: the machine is shared and its load changes.
+    torch.set_num_threads(choose_threads(own_load=torch.get_num_threads()))
     model, tok, adapter, head = _build(method, seed)
     cfg = TrainConfig(steps=steps, batch_size=BATCH, max_length=MAX_LENGTH, lr=lr, seed=seed)
     res = train_classifier(
@@ -129,7 +134,17 @@ def _train(method: str, seed: int, lr: float, steps: int, train: Any, test: Any)
         progress=sys.stderr.isatty(),
         desc=f"{method} lr={lr:g} seed={seed}",
     )
-    return Run(method, seed, lr, res.accuracy, adapter, head, res.seconds_per_step, res.steps)
+    return Run(
+        method,
+        seed,
+        lr,
+        res.accuracy,
+        adapter,
+        head,
+        res.seconds_per_step,
+        res.steps,
+        torch.get_num_threads(),
+    )
 
 
 def _summary(runs: list[Run]) -> list[dict[str, Any]]:
@@ -150,6 +165,7 @@ def _summary(runs: list[Run]) -> list[dict[str, Any]]:
                 ),
                 "min–max": f"{min(accs):.2f}–{max(accs):.2f}",
                 "s/step": round(statistics.median(r.seconds_per_step for r in rs), 3),
+                "threads": "/".join(str(t) for t in sorted({r.threads for r in rs})),
             }
         )
     return rows
@@ -290,7 +306,10 @@ def run(
                         best = (lr, acc)
                     continue
                 r = _train(m, 0, lr, sweep_steps, train, holdout)
-                sweep_rows.append({"method": m, "lr": lr, "holdout acc %": 100 * r.accuracy})
+                sweep_rows.append(
+                    {"method": m, "lr": lr, "holdout acc %": 100 * r.accuracy, "threads": r.threads}
+                )
+                save(False)
                 print(
                     f"  sweep {m:28s} lr={lr:<7g} holdout acc {100 * r.accuracy:.2f}%", flush=True
                 )

@@ -295,6 +295,8 @@ def run_demo(
     table = _format_table(rows)
     say("")
     say(table)
+    for line in _cap_note(results, b.steps):
+        say(line.strip("*"))
     say("")
 
     report = None
@@ -359,6 +361,7 @@ def run_demo(
         "",
         table,
         "",
+        *_cap_note(results, b.steps),
         "![training loss](training_loss.png)",
         "",
     ]
@@ -381,6 +384,20 @@ def run_demo(
     (out / "report.md").write_text("\n".join(md))
     say(f"Wrote {out}/report.md, report.json and the figures ({summary['seconds']:.0f} s in all).")
     return _clean(summary)
+
+
+def _cap_note(results: dict[str, Any], steps: int) -> list[str]:
+    """A warning line when the time cap stopped some methods before ``steps`` steps."""
+    short = {k: r["steps"] for k, r in results.items() if r["steps"] < steps}
+    if not short:
+        return []
+    done = ", ".join(f"{k}: {n}" for k, n in short.items())
+    return [
+        f"**The time cap stopped some methods before {steps} steps ({done}); the machine was "
+        "busy, so the methods did not get the same number of steps and the accuracies are "
+        "not a like-for-like comparison. Rerun on an idle machine for equal budgets.**",
+        "",
+    ]
 
 
 def _plot_losses(results: dict[str, Any], out: Path) -> None:

@@ -234,6 +234,11 @@ class GroupPlan:
         shape: size of each mode.
         labels: for the ``layer`` and ``matrix`` modes, what each index stands for.
         members: the targets in this tensor.
+
+    Example:
+        >>> g = GroupPlan(0, {}, ("out", "in", "layer"), (8, 8, 3), {"layer": (0, 1, 2)})
+        >>> g.num_parameters(r=4)
+        76
     """
 
     index: int

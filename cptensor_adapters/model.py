@@ -10,6 +10,7 @@ Face ``Trainer``, ``DistributedDataParallel`` and ``torch.compile``.
 from __future__ import annotations
 
 import re
+import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +31,8 @@ from .modules import (
     ModulesToSaveWrapper,
     iter_adapter_layers,
     iter_save_wrappers,
+    remove_scopes,
+    scope_of,
 )
 
 __all__ = [
@@ -184,6 +187,8 @@ def attach(
         if not isinstance(layer, CPAdapterLayer):
             layer = CPAdapterLayer(layer, store, path).train(layer.training)
             _set_submodule(model, path, layer)
+            parent_path = path.rpartition(".")[0]
+            layer._scope = scope_of(model.get_submodule(parent_path) if parent_path else model)
         layer.add_adapter(name, list(grid.targets_of(path)), plans)
     for path in save_paths:
         wrapper = all_modules[path]
@@ -248,13 +253,32 @@ def adapter_names(model: nn.Module) -> tuple[str, ...]:
 
 
 def active_adapters(model: nn.Module) -> tuple[str, ...]:
-    """Names of the active adapters (their updates are summed in the forward pass)."""
+    """Names of the active adapters (their updates are summed in the forward pass).
+
+    Example:
+        >>> from transformers import BertConfig, BertModel
+        >>> from cptensor_adapters import AdapterConfig, attach
+        >>> m = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
+        ...                                 num_attention_heads=4, intermediate_size=64)))
+        >>> m = attach(m, AdapterConfig(layout="lora"), name="other")
+        >>> active_adapters(m), adapter_names(m)
+        (('default',), ('default', 'other'))
+    """
     store = _store(model)
     return store.active if store is not None else ()
 
 
 def get_config(model: nn.Module, name: str = "default") -> AdapterConfig:
-    """The :class:`AdapterConfig` of adapter ``name``."""
+    """The :class:`AdapterConfig` of adapter ``name``.
+
+    Example:
+        >>> from transformers import BertConfig, BertModel
+        >>> from cptensor_adapters import AdapterConfig, attach
+        >>> m = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
+        ...            num_attention_heads=4, intermediate_size=64)), AdapterConfig(r=2))
+        >>> get_config(m).r
+        2
+    """
     return _require_adapter(model, name).config
 
 
@@ -275,17 +299,37 @@ def set_active(model: nn.Module, names: str | Sequence[str]) -> nn.Module:
     """Make ``names`` the active adapters (an empty list deactivates all) and return the model.
 
     Active adapters' factors (and ``modules_to_save`` copies) train, unless loaded with
-    ``trainable=False``; inactive ones are frozen.
+    ``trainable=False``; inactive ones are frozen. A merged adapter that is no longer active
+    is unmerged first, with a warning (as PEFT's ``set_adapter`` does).
 
     Raises:
         KeyError: a name the model does not have.
+
+    Example:
+        >>> from transformers import BertConfig, BertModel
+        >>> from cptensor_adapters import AdapterConfig, attach
+        >>> m = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
+        ...                                 num_attention_heads=4, intermediate_size=64)))
+        >>> m = set_active(attach(m, AdapterConfig(r=2), name="b"), ["default", "b"])
+        >>> active_adapters(m)
+        ('default', 'b')
     """
     store = _require_store(model)
     names = (names,) if isinstance(names, str) else tuple(names)
     missing = [n for n in names if n not in store.adapters]
     if missing:
         raise KeyError(f"names: no adapter(s) {missing}; the model has {list(store.adapters)}")
-    store.active = tuple(dict.fromkeys(names))
+    new_active = tuple(dict.fromkeys(names))
+    for n in merged_adapters(model):
+        if n not in new_active:
+            warnings.warn(
+                f"set_active: unmerging {n!r} from the base weights, since it is no longer "
+                "active (as PEFT's set_adapter does)",
+                UserWarning,
+                stacklevel=2,
+            )
+            unmerge(model, n)
+    store.active = new_active
     _update_requires_grad(model, store)
     return model
 
@@ -316,7 +360,16 @@ def merge(model: nn.Module, name: str | None = None) -> nn.Module:
 
 
 def unmerge(model: nn.Module, name: str | None = None) -> nn.Module:
-    """Subtract merged adapters (default: all merged) from the base weights; return the model."""
+    """Subtract merged adapters (default: all merged) from the base weights; return the model.
+
+    Example:
+        >>> from transformers import BertConfig, BertModel
+        >>> from cptensor_adapters import attach
+        >>> m = merge(attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
+        ...                                       num_attention_heads=4, intermediate_size=64))))
+        >>> merged_adapters(m), merged_adapters(unmerge(m))
+        (('default',), ())
+    """
     _require_store(model)
     for _, layer in iter_adapter_layers(model):
         for n in list(reversed(layer.merged)):
@@ -326,7 +379,14 @@ def unmerge(model: nn.Module, name: str | None = None) -> nn.Module:
 
 
 def merged_adapters(model: nn.Module) -> tuple[str, ...]:
-    """Names of adapters currently merged into some base weight."""
+    """Names of adapters currently merged into some base weight.
+
+    Example:
+        >>> from transformers import GPT2Config, GPT2Model
+        >>> from cptensor_adapters import attach
+        >>> merged_adapters(attach(GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=4))))
+        ()
+    """
     out: dict[str, None] = {}
     for _, layer in iter_adapter_layers(model):
         out.update(dict.fromkeys(layer.merged))
@@ -339,6 +399,7 @@ def _restore_plain(model: nn.Module, store: FactorStore) -> None:
     for path, w in list(iter_save_wrappers(model)):
         _set_submodule(model, path, w.active_module())
     delattr(model, STORE_ATTR)
+    remove_scopes(model)
     for n, p in model.named_parameters():
         if n in store.original_requires_grad:
             p.requires_grad_(store.original_requires_grad[n])
@@ -404,6 +465,15 @@ def remove_adapter(model: nn.Module, name: str) -> nn.Module:
 
     Raises:
         KeyError: no adapter of that name.
+
+    Example:
+        >>> from transformers import BertConfig, BertModel
+        >>> from cptensor_adapters import attach
+        >>> m = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
+        ...                                 num_attention_heads=4, intermediate_size=64)))
+        >>> m = remove_adapter(m, "default")
+        >>> type(m.encoder.layer[0].attention.self.query).__name__, adapter_names(m)
+        ('Linear', ())
     """
     store = _require_store(model)
     _require_adapter(model, name)
@@ -440,6 +510,15 @@ class ParameterReport:
             ``Σ r·(in + out)``.
         formula: the count written out, e.g. ``"8·(384 + 32 + 12 + 6 + 4) = 3504"``.
         trainable: whether the factors train (active and not loaded frozen).
+
+    Example:
+        >>> from transformers import BertConfig, BertModel
+        >>> from cptensor_adapters import AdapterConfig, attach
+        >>> m = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=2,
+        ...            num_attention_heads=4, intermediate_size=64)), AdapterConfig(r=4))
+        >>> rep = parameter_report(m)["default"]
+        >>> rep.factor_parameters, rep.lora_parameters, round(rep.ratio_to_lora, 3)
+        (200, 2048, 0.098)
     """
 
     name: str

@@ -43,6 +43,7 @@ __all__ = [
     "FactorGroup",
     "FactorStore",
     "ModulesToSaveWrapper",
+    "SharedInputScope",
 ]
 
 #: Attribute of the root module that holds the :class:`FactorStore`.
@@ -102,6 +103,7 @@ class AdapterFactors(nn.Module):
         self.grid = grid
         self.plans = plans
         self.trainable = True
+        self.dtype = dtype
         self.groups = nn.ModuleList(FactorGroup(p, config.r, dtype, device) for p in plans)
 
     @torch.no_grad()
@@ -151,6 +153,15 @@ class FactorStore(nn.Module):
         adapters: ``ModuleDict`` name → :class:`AdapterFactors`.
         active: names of the active adapters (their updates are summed).
         disabled: depth of nested :func:`~cptensor_adapters.disabled` contexts.
+        share_inputs: let sibling modules that read the same input through the same factor
+            (Q, K, V under ``"lorta"``) compute ``x·A`` once (see :class:`SharedInputScope`).
+
+    Example:
+        >>> from transformers import GPT2Config, GPT2Model
+        >>> from cptensor_adapters import attach
+        >>> m = attach(GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=4)))
+        >>> list(m.cp_adapters.adapters), m.cp_adapters.active
+        (['default'], ('default',))
     """
 
     def __init__(self) -> None:
@@ -158,6 +169,7 @@ class FactorStore(nn.Module):
         self.adapters = nn.ModuleDict()
         self.active: tuple[str, ...] = ()
         self.disabled = 0
+        self.share_inputs = True
         self.original_requires_grad: dict[str, bool] = {}
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - never called
@@ -194,6 +206,15 @@ class CPAdapterLayer(nn.Module):
         module_path: its path in the model.
         storage: ``"linear"`` or ``"conv1d"`` (weight stored transposed).
         merged: names of adapters currently merged into the base weight.
+
+    Example:
+        >>> from transformers import LlamaConfig, LlamaModel
+        >>> from cptensor_adapters import attach
+        >>> m = attach(LlamaModel(LlamaConfig(hidden_size=32, num_hidden_layers=1,
+        ...            num_attention_heads=4, num_key_value_heads=2, intermediate_size=64)))
+        >>> k = m.layers[0].self_attn.k_proj
+        >>> type(k).__name__, type(k.base_layer).__name__, k.in_features, k.out_features
+        ('CPAdapterLayer', 'Linear', 32, 16)
     """
 
     def __init__(self, base_layer: nn.Module, store: FactorStore, module_path: str) -> None:
@@ -209,6 +230,7 @@ class CPAdapterLayer(nn.Module):
             self.in_features, self.out_features = int(w.shape[1]), int(w.shape[0])
         self.pieces: dict[str, tuple[_Piece, ...]] = {}
         self.merged: list[str] = []
+        self._scope: SharedInputScope | None = None
 
     # ----------------------------------------------------------------- plumbing
     @property
@@ -289,11 +311,27 @@ class CPAdapterLayer(nn.Module):
         """``(A, B)`` with ``A`` of shape ``(R, in_features)`` and ``B`` of shape
         ``(out_features, R)`` such that the module's update is ``ΔW = B·A`` (``Linear``
         orientation, scaling included). ``R = r`` except for a fused module whose targets
-        use different ``A`` (then ``R`` = r per target, ``B`` block-structured)."""
+        use different ``A`` (then ``R`` = r per target, ``B`` block-structured).
+
+        Example:
+            >>> from transformers import GPT2Config, GPT2Model
+            >>> from cptensor_adapters import AdapterConfig, attach
+            >>> m = attach(GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=4)),
+            ...            AdapterConfig(r=3))
+            >>> A, B = m.h[0].attn.c_attn.effective_factors("default")  # Q, K, V share A
+            >>> tuple(A.shape), tuple(B.shape)
+            ((3, 32), (96, 3))
+        """
+        A, B, _ = self._effective(name)
+        return A, B
+
+    def _effective(self, name: str) -> tuple[torch.Tensor, torch.Tensor, tuple[int, str] | None]:
+        """``(A, B, key)``: ``key`` names the raw factor ``A`` is (shared by every module
+        whose targets read it), or ``None`` when ``A`` is built for this module alone."""
         parts = self._target_factors(name)
         if len(parts) == 1 and parts[0][0].out_size == self.out_features:
-            _, A, B, _ = parts[0]
-            return A, B
+            _, A, B, key = parts[0]
+            return A, B, key
         keys = {k for *_, k in parts}
         if len(keys) == 1 and None not in keys:
             A = parts[0][1]
@@ -306,14 +344,14 @@ class CPAdapterLayer(nn.Module):
                 pos = pc.out_offset + pc.out_size
             if pos < self.out_features:
                 blocks.append(B.new_zeros(self.out_features - pos, B.shape[1]))
-            return A, torch.cat(blocks, 0)
+            return A, torch.cat(blocks, 0), parts[0][3]
         As, Bs = [], []
         for pc, A, B, _ in parts:
             As.append(A)
             Bs.append(
                 F.pad(B, (0, 0, pc.out_offset, self.out_features - pc.out_offset - pc.out_size))
             )
-        return torch.cat(As, 0), torch.cat(Bs, 1)
+        return torch.cat(As, 0), torch.cat(Bs, 1), None
 
     def delta_weights(self, name: str) -> dict[str, torch.Tensor]:
         """Dense ``ΔW`` per target (``out × in``, ``Linear`` orientation, factor dtype)."""
@@ -321,18 +359,77 @@ class CPAdapterLayer(nn.Module):
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        result = self.base_layer(x, *args, **kwargs)
         store: FactorStore = self._store
-        if store.disabled:
-            return result
-        for name in store.active:
-            if name not in self.pieces or name in self.merged:
-                continue
+        names = (
+            []
+            if store.disabled
+            else [n for n in store.active if n in self.pieces and n not in self.merged]
+        )
+        if not names:
+            return self.base_layer(x, *args, **kwargs)
+        if not args and not kwargs and self._fusable(x, names):
+            return self._fused_forward(x, names)
+        result = self.base_layer(x, *args, **kwargs)
+        for name in names:
             A, B = self.effective_factors(name)
             p = store.adapters[name].config.dropout
             xin = F.dropout(x, p, training=True) if p > 0 and self.training else x
             result = _add_update(result, xin, A, B)
         return result
+
+    def _fusable(self, x: torch.Tensor, names: list[str]) -> bool:
+        """Whether the base layer and the updates can run as one fused autograd node:
+        a plain ``Linear``/``Conv1D`` without hooks, one dtype everywhere, no autocast."""
+        base = self.base_layer
+        if type(base) is not nn.Linear and self.storage != "conv1d":
+            return False
+        if base._forward_hooks or base._forward_pre_hooks or _global_hooks():
+            return False
+        w = base.weight
+        if x.dtype != w.dtype or x.device != w.device or _autocast_on(x):
+            return False
+        return all(self._store.adapters[n].dtype == w.dtype for n in names)
+
+    def _fused_forward(self, x: torch.Tensor, names: list[str]) -> torch.Tensor:
+        store: FactorStore = self._store
+        x2 = x.reshape(-1, x.shape[-1])
+        scope = self._scope if store.share_inputs else None
+        cache = scope.cache if scope is not None else None
+        a_parts: list[torch.Tensor] = []
+        a_keys: list[tuple[Any, ...] | None] = []
+        b_a: list[torch.Tensor] = []
+        t_parts: list[torch.Tensor] = []
+        b_t: list[torch.Tensor] = []
+        for name in names:
+            A, B, key = self._effective(name)
+            p = store.adapters[name].config.dropout
+            if p > 0 and self.training:  # own dropout mask: not shared
+                t_parts.append(torch.mm(F.dropout(x2, p, training=True), A.t()))
+                b_t.append(B)
+                continue
+            ck = (name, key) if key is not None and cache is not None else None
+            hit = cache.get(ck) if ck is not None and cache is not None else None
+            if hit is not None and hit[0] is x and hit[1] == x._version:
+                t_parts.append(hit[2])
+                b_t.append(B)
+            else:
+                a_parts.append(A)
+                a_keys.append(ck)
+                b_a.append(B)
+        w, b = self.base_layer.weight, self.base_layer.bias
+        A_cat = _cat(a_parts, 0)
+        t_ext = _cat(t_parts, 1)
+        B_cat = _cat(b_a + b_t, 1)
+        assert B_cat is not None
+        out, t_in = _LinearWithUpdate.apply(x2, w, b, A_cat, t_ext, B_cat, self.storage == "conv1d")
+        if cache is not None and any(k is not None for k in a_keys):
+            start = 0
+            for A, ck in zip(a_parts, a_keys):
+                stop = start + A.shape[0]
+                if ck is not None:
+                    cache[ck] = (x, x._version, t_in if len(a_parts) == 1 else t_in[:, start:stop])
+                start = stop
+        return out.view(*x.shape[:-1], out.shape[-1])
 
     # ------------------------------------------------------------------ merge
     @torch.no_grad()
@@ -368,6 +465,141 @@ class CPAdapterLayer(nn.Module):
         w.add_(delta.to(w.dtype), alpha=sign)
 
 
+def _cat(parts: list[torch.Tensor], dim: int) -> torch.Tensor | None:
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
+
+
+def _global_hooks() -> bool:
+    from torch.nn.modules import module as _m
+
+    return bool(
+        getattr(_m, "_global_forward_hooks", None) or getattr(_m, "_global_forward_pre_hooks", None)
+    )
+
+
+def _autocast_on(x: torch.Tensor) -> bool:
+    try:
+        return bool(torch.is_autocast_enabled(x.device.type))
+    except TypeError:  # pragma: no cover - torch < 2.4
+        return bool(torch.is_autocast_enabled())
+
+
+class _LinearWithUpdate(torch.autograd.Function):
+    """``out = x·Wᵀ + b + [x·Aᵀ, t_ext]·Bᵀ`` as one autograd node.
+
+    Returns ``(out, t_in)`` with ``t_in = x·Aᵀ`` (an empty tensor without ``A``): other
+    modules that read the same input and the same raw factor reuse ``t_in``, and its
+    gradient comes back here. The backward pass accumulates the update's input gradient
+    into the base layer's in place (one ``addmm_``) instead of allocating and summing a
+    second ``n × d_in`` tensor, and never forms ``ΔW``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x2: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        A: torch.Tensor | None,
+        t_ext: torch.Tensor | None,
+        B: torch.Tensor,
+        conv1d: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        w = weight if conv1d else weight.t()
+        out = torch.addmm(bias, x2, w) if bias is not None else torch.mm(x2, w)
+        if A is not None:
+            t_in = torch.mm(x2, A.t())
+            t = t_in if t_ext is None else torch.cat([t_in, t_ext], 1)
+        else:
+            t_in = x2.new_empty(x2.shape[0], 0)
+            assert t_ext is not None
+            t = t_ext
+        out.addmm_(t, B.t())
+        ctx.conv1d = conv1d
+        ctx.r_in = 0 if A is None else A.shape[0]
+        ctx.set_materialize_grads(False)
+        need = ctx.needs_input_grad
+        keep_x = need[1] or need[3]
+        ctx.save_for_backward(x2 if keep_x else None, weight, A, B, t)
+        if A is None:
+            ctx.mark_non_differentiable(t_in)
+        return out, t_in
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor | None, g_t: torch.Tensor | None) -> tuple[Any, ...]:
+        x2, weight, A, B, t = ctx.saved_tensors
+        need_x, need_w, need_b, need_a, need_t, need_bf = ctx.needs_input_grad[:6]
+        r_in = ctx.r_in
+        gx = gw = gb = ga = gt_ext = gbf = None
+        if g is None:  # only the shared t_in is used downstream
+            if g_t is None or not r_in:
+                return None, None, None, None, None, None, None
+            if need_x:
+                gx = torch.mm(g_t, A)
+            if need_a:
+                ga = torch.mm(g_t.t(), x2)
+            return gx, None, None, ga, None, None, None
+        gt = torch.mm(g, B) if (need_x and r_in) or need_a or need_t else None
+        gt_in = None
+        if gt is not None and r_in:
+            gt_in = gt[:, :r_in]
+            if g_t is not None:
+                gt_in = gt_in + g_t
+        if need_x:
+            gx = torch.mm(g, weight.t() if ctx.conv1d else weight)
+            if gt_in is not None:
+                gx.addmm_(gt_in, A)
+        if need_w:
+            gw = torch.mm(x2.t(), g) if ctx.conv1d else torch.mm(g.t(), x2)
+        if need_b:
+            gb = g.sum(0)
+        if need_a and gt_in is not None:
+            ga = torch.mm(gt_in.t(), x2)
+        if need_t and gt is not None:
+            gt_ext = gt[:, r_in:]
+        if need_bf:
+            gbf = torch.mm(g.t(), t)
+        return gx, gw, gb, ga, gt_ext, gbf, None
+
+
+class SharedInputScope:
+    """Lets the wrapped children of one module share ``x·A`` for one call of that module.
+
+    Q, K and V read the same input; under ``"lorta"`` their ``A`` is the same factor, so
+    ``x·A`` is computed once per attention call. The cache lives only while the parent
+    module runs (its forward pre-hook opens it, its forward hook closes it), so it is
+    rebuilt identically when activation checkpointing recomputes the parent, and it is off
+    under ``torch.compile`` (the compiler sees plain code). Entries are used only for the
+    same input object at the same version.
+
+    Example:
+        >>> scope = SharedInputScope()
+        >>> scope.enter(None, ()); scope.cache
+        {}
+        >>> scope.exit(None, (), None); scope.cache is None
+        True
+    """
+
+    def __init__(self) -> None:
+        self.cache: dict[Any, Any] | None = None
+        self.depth = 0
+
+    def enter(self, module: Any, args: Any) -> None:
+        """Forward pre-hook: open the cache (outermost call only)."""
+        self.depth += 1
+        if self.depth == 1:
+            compiling = torch.compiler.is_compiling() if hasattr(torch, "compiler") else False
+            self.cache = None if compiling else {}
+
+    def exit(self, module: Any, args: Any, output: Any) -> None:
+        """Forward hook: close the cache."""
+        self.depth = max(self.depth - 1, 0)
+        if self.depth == 0:
+            self.cache = None
+
+
 def _add_update(
     result: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor
 ) -> torch.Tensor:
@@ -387,6 +619,15 @@ class ModulesToSaveWrapper(nn.Module):
 
     The copy of the first active adapter that has one replaces the original in the forward
     pass; the original runs when the adapters are disabled or none active has a copy.
+
+    Example:
+        >>> from transformers import BertConfig, BertForSequenceClassification
+        >>> from cptensor_adapters import AdapterConfig, attach
+        >>> m = attach(BertForSequenceClassification(BertConfig(hidden_size=32,
+        ...            num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)),
+        ...            AdapterConfig(modules_to_save=["classifier"]))
+        >>> type(m.classifier).__name__, list(m.classifier.modules_to_save)
+        ('ModulesToSaveWrapper', ['default'])
     """
 
     def __init__(self, original_module: nn.Module, store: FactorStore, module_path: str) -> None:
@@ -422,6 +663,33 @@ class ModulesToSaveWrapper(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.active_module()(*args, **kwargs)
+
+
+def scope_of(parent: nn.Module, create: bool = True) -> SharedInputScope | None:
+    """The :class:`SharedInputScope` hooked on ``parent`` (hooked now if ``create``)."""
+    for fn in parent._forward_pre_hooks.values():
+        owner = getattr(fn, "__self__", None)
+        if isinstance(owner, SharedInputScope):
+            return owner
+    if not create:
+        return None
+    scope = SharedInputScope()
+    parent.register_forward_pre_hook(scope.enter)
+    parent.register_forward_hook(scope.exit, always_call=True)
+    return scope
+
+
+def remove_scopes(model: nn.Module) -> None:
+    """Unhook every :class:`SharedInputScope` from ``model``'s modules."""
+    for m in model.modules():
+        for hooks in (m._forward_pre_hooks, m._forward_hooks):
+            for key in [
+                k
+                for k, fn in hooks.items()
+                if isinstance(getattr(fn, "__self__", None), SharedInputScope)
+            ]:
+                del hooks[key]
+                m._forward_hooks_always_called.pop(key, None)
 
 
 def iter_adapter_layers(model: nn.Module) -> Iterator[tuple[str, CPAdapterLayer]]:

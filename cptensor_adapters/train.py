@@ -146,11 +146,12 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def choose_threads(max_threads: int | None = None) -> int:
+def choose_threads(max_threads: int | None = None, *, own_load: float = 0.0) -> int:
     """How many threads torch should use here: the cores that other work leaves idle.
 
     ``$CPTENSOR_THREADS`` when set; else ``os.cpu_count()`` minus the 1-minute load
-    average (rounded), at least 1 and at most ``max_threads``. On a shared machine this
+    average (rounded; less ``own_load``, the calling process's own share of it when it
+    has been busy), at least 1 and at most ``max_threads``. On a shared machine this
     matters a lot: intra-op threads that wait on each other at every barrier while other
     processes hold the cores made a MiniLM training step about 5x slower with 2 threads
     than with 1 on a 2-core machine under load. Callers (the demo, the SST-2 benchmark)
@@ -175,7 +176,7 @@ def choose_threads(max_threads: int | None = None) -> int:
         load = os.getloadavg()[0]
     except (OSError, AttributeError):  # pragma: no cover - platforms without getloadavg
         load = 0.0
-    n = max(1, min(cores, cores - round(load)))
+    n = max(1, min(cores, cores - round(max(0.0, load - own_load))))
     return min(n, max_threads) if max_threads else n
 
 
@@ -292,7 +293,7 @@ def evaluate_accuracy(
     correct = 0
     starts = range(0, len(data), batch_size)
     try:
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: adapter layers may cache by version
             for start in _maybe_tqdm(starts, progress, desc, unit="batch"):
                 texts = list(data.texts[start : start + batch_size])
                 enc = _encode(tokenizer, texts, max_length)

@@ -21,6 +21,16 @@ from ._models import ARCHS, LAYOUTS, VOCAB, build_tiny
 _CACHE: dict[str, nn.Module] = {}
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared machine a second
+    OpenMP thread makes every small op wait for a descheduled sibling (100× slower)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(params=ARCHS)
 def arch(request: pytest.FixtureRequest) -> str:
     return request.param

