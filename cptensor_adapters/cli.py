@@ -515,6 +515,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     int
         0 on success, 2 on bad input or a usage error (the message is one line on stderr;
         set ``CPTENSOR_DEBUG=1`` to see the traceback instead).
+
+    Examples
+    --------
+    >>> import json, tempfile, contextlib, io, os
+    >>> import numpy as np
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = os.path.join(tmp, "x.npy")
+    ...     np.save(path, np.ones((3, 4, 5)))
+    ...     buf = io.StringIO()
+    ...     with contextlib.redirect_stdout(buf):
+    ...         status = main(["fit", path, "--rank", "1", "--json", "--quiet"])
+    >>> status, round(json.loads(buf.getvalue())["fit"], 6)
+    (0, 1.0)
     """
     parser = build_parser()
     try:

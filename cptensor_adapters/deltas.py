@@ -162,6 +162,20 @@ class AttentionGeometry:
     keys : dict
         ``(layer, matrix_index) -> (key, transposed, row_slice)``; ``row_slice`` selects
         Q, K or V from GPT-2's fused projection (in output coordinates), else None.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from transformers import BertConfig, BertModel
+    >>> cfg = BertConfig(hidden_size=16, num_attention_heads=4, num_hidden_layers=2,
+    ...                  intermediate_size=32, vocab_size=50)
+    >>> _ = torch.manual_seed(0)
+    >>> base = BertModel(cfg)
+    >>> geo = extract_delta(base, base).geometry
+    >>> geo.family, geo.n_layers, geo.hidden, geo.n_heads, geo.head_size
+    ('bert', 2, 16, 4, 4)
+    >>> geo.shape
+    (16, 4, 4, 2, 4)
     """
 
     family: str
@@ -374,6 +388,20 @@ class DeltaTensor(BlockTensor):
     needed and never cached. Extra attributes: ``geometry`` (:class:`AttentionGeometry`
     of the tuned source), ``matched`` (rows ``layer, matrix, base_key, tuned_key``),
     ``prefixes`` (``{"base": …, "tuned": …}``), ``notes`` (what was adapted to match).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from transformers import BertConfig, BertModel
+    >>> cfg = BertConfig(hidden_size=16, num_attention_heads=4, num_hidden_layers=2,
+    ...                  intermediate_size=32, vocab_size=50)
+    >>> _ = torch.manual_seed(0)
+    >>> base = BertModel(cfg)
+    >>> delta = extract_delta(base, base)     # a model against itself: a zero delta
+    >>> delta.shape, float(delta.norm())
+    ((16, 4, 4, 2, 4), 0.0)
+    >>> delta.matched[0]
+    (0, 'Q', 'encoder.layer.0.attention.self.query.weight', 'encoder.layer.0.attention.self.query.weight')
     """
 
     def __init__(
@@ -422,6 +450,18 @@ class LowRankDelta(LowRankBlockTensor):
     ``pairs`` (``{(layer, matrix name): (B_scaled, A)}``, ``ΔW = B_scaled @ A``),
     ``matched`` (rows ``layer, matrix, key of lora_A``), ``config`` (the adapter's
     ``adapter_config.json``), ``notes``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> w = {f"encoder.layer.0.attention.{n}": rng.standard_normal((8, 1)) @ rng.standard_normal((1, 8))
+    ...      for n in ("self.query", "self.key", "self.value", "output.dense")}
+    >>> lr = lowrank_delta_from_weights(w, n_heads=2)   # a LowRankDelta
+    >>> sorted(lr.pairs)[:2], lr.shape
+    ([(0, 'K'), (0, 'O')], (8, 4, 2, 1, 4))
+    >>> bool(np.isclose(lr.norm(), np.sqrt(sum((v ** 2).sum() for v in w.values()))))
+    True
     """
 
     def __init__(
@@ -502,7 +542,21 @@ def extract_delta(base: Any, tuned: Any, grid: Any = None, layout: Any = "lorta"
 
     Examples
     --------
-    See the module docstring.
+    >>> import torch
+    >>> from transformers import BertConfig, BertModel
+    >>> cfg = BertConfig(hidden_size=16, num_attention_heads=4, num_hidden_layers=2,
+    ...                  intermediate_size=32, vocab_size=50)
+    >>> _ = torch.manual_seed(0)
+    >>> base = BertModel(cfg)
+    >>> tuned = BertModel(cfg)
+    >>> _ = tuned.load_state_dict(base.state_dict())
+    >>> with torch.no_grad():
+    ...     _ = tuned.encoder.layer[1].attention.self.query.weight.add_(1.0)
+    >>> delta = extract_delta(base, tuned)
+    >>> delta.shape
+    (16, 4, 4, 2, 4)
+    >>> round(float(delta.norm()), 6)   # sqrt(16 * 16): one 16×16 block of ones
+    16.0
     """
     _check_layout(layout)
     src_b, src_t = _Source(base, "base"), _Source(tuned, "tuned")
@@ -601,6 +655,23 @@ def extract_lora_delta(
         Missing directory or files.
     ValueError
         An adapter that is not LoRA, or whose targets are not attention projections.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from transformers import BertConfig, BertModel
+    >>> cfg = BertConfig(hidden_size=16, num_attention_heads=4, num_hidden_layers=2,
+    ...                  intermediate_size=32, vocab_size=50)
+    >>> _ = torch.manual_seed(0)
+    >>> base = BertModel(cfg)
+    >>> from peft import LoraConfig, get_peft_model
+    >>> peft_model = get_peft_model(base, LoraConfig(r=2, target_modules=["query", "value"]))
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     peft_model.save_pretrained(tmp)
+    ...     delta = extract_lora_delta(tmp, base_config=cfg)
+    >>> delta.shape, sorted({name for _, name in delta.pairs})
+    ((16, 4, 4, 2, 4), ['Q', 'V'])
     """
     d = Path(peft_adapter_dir)
     if not d.is_dir():
@@ -749,6 +820,20 @@ def lora_delta_from_model(
     ------
     ValueError
         When the model has no adapter layer on its attention projections.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from transformers import BertConfig, BertModel
+    >>> cfg = BertConfig(hidden_size=16, num_attention_heads=4, num_hidden_layers=2,
+    ...                  intermediate_size=32, vocab_size=50)
+    >>> _ = torch.manual_seed(0)
+    >>> base = BertModel(cfg)
+    >>> from peft import LoraConfig, get_peft_model
+    >>> peft_model = get_peft_model(base, LoraConfig(r=2, target_modules=["query", "value"]))
+    >>> delta = lora_delta_from_model(peft_model)
+    >>> delta.shape, len(delta.pairs)   # Q and V of 2 layers
+    ((16, 4, 4, 2, 4), 4)
     """
     cfg = getattr(model, "config", None)
     cfgd = cfg.to_dict() if hasattr(cfg, "to_dict") else {}
@@ -822,6 +907,14 @@ class DeltaReport:
         matrix, and with the CP layout (smallest swept rank reaching it; None if none).
     notes : list of str
     seconds : float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).standard_normal((6, 2, 3, 2, 4))
+    >>> report = analyze_delta(x, [1, 2], n_starts=1, max_iter=20)
+    >>> report.shape, [row["rank"] for row in report.cp_rows]
+    ((6, 2, 3, 2, 4), [1, 2])
     """
 
     shape: tuple[int, ...]
