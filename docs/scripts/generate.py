@@ -532,7 +532,7 @@ def cli_help(out: Path) -> None:
 # -- Benchmarks page: recorded output of `make bench` suites -------------------------------
 
 BENCH_RESULTS = Path(__file__).resolve().parents[1] / "bench-results"
-BENCH_SUITES = ("core", "fit", "analysis", "sst2")
+BENCH_SUITES = ("core", "fit", "analysis", "adapters", "sst2")
 
 
 @generator
