@@ -395,6 +395,8 @@ class CPAdapterLayer(nn.Module):
         x2 = x.reshape(-1, x.shape[-1])
         scope = self._scope if store.share_inputs else None
         cache = scope.cache if scope is not None else None
+        if x.is_inference():  # inference tensors keep no version counter to validate a hit
+            cache = None
         a_parts: list[torch.Tensor] = []
         a_keys: list[tuple[Any, ...] | None] = []
         b_a: list[torch.Tensor] = []

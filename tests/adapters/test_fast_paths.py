@@ -122,3 +122,17 @@ def test_deepcopy_keeps_hooks_consistent(tiny, ids):
     torch.testing.assert_close(hidden(clone, ids), hidden(m, ids))
     plain = cpa.merge_and_unload(clone)
     assert not any(hooks for mod in plain.modules() for hooks in (mod._forward_pre_hooks,))
+
+
+@pytest.mark.parametrize("layout", ["lorta", "lora"])
+def test_inference_mode_matches_no_grad(tiny, arch, layout, ids):
+    # Inference tensors keep no version counter: the shared-projection cache must not
+    # consult it (it used to raise "Inference tensors do not track version counter").
+    model = cpa.attach(
+        copy.deepcopy(tiny(arch)), cpa.AdapterConfig(r=2, layout=layout, init="random", seed=1)
+    ).eval()
+    with torch.no_grad():
+        expected = hidden(model, ids)
+    with torch.inference_mode():
+        got = hidden(model, ids)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
