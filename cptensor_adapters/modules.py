@@ -395,7 +395,9 @@ class CPAdapterLayer(nn.Module):
         x2 = x.reshape(-1, x.shape[-1])
         scope = self._scope if store.share_inputs else None
         cache = scope.cache if scope is not None else None
-        if x.is_inference():  # inference tensors keep no version counter to validate a hit
+        # Inference tensors keep no version counter to validate a hit with. (The cache is
+        # always None under torch.compile, which cannot trace is_inference().)
+        if cache is not None and x.is_inference():
             cache = None
         a_parts: list[torch.Tensor] = []
         a_keys: list[tuple[Any, ...] | None] = []
