@@ -35,6 +35,17 @@ def problems(draw):
     return x, rank, init, seed
 
 
+def assert_loss_monotone(history) -> None:
+    """The squared relative error ‖X − M‖²/‖X‖² never increases, to float64 round-off.
+
+    The loss, not the fit 1 − ‖X − M‖/‖X‖, is what ALS decreases, and its round-off is
+    about eps·‖X‖²: near an exact fit, a fixed tolerance on the fit (a square root) would
+    flag noise of order √eps as an increase.
+    """
+    loss = (1.0 - np.asarray(history)) ** 2
+    assert np.all(np.diff(loss) <= 1e3 * np.finfo(np.float64).eps), loss
+
+
 _settings = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -43,8 +54,7 @@ _settings = settings(max_examples=30, deadline=None, suppress_health_check=[Heal
 def test_loss_never_increases_without_line_search(problem):
     x, rank, init, seed = problem
     res = fit_als(x, rank, init=init, seed=seed, line_search=False, max_iter=40, tol=0)
-    fits = np.asarray(res.history)
-    assert np.all(np.diff(fits) >= -1e-9)
+    assert_loss_monotone(res.history)
     assert all(np.all(np.isfinite(f)) for f in res.cp.factors)
     assert np.all(np.isfinite(res.cp.weights))
 
@@ -54,7 +64,7 @@ def test_loss_never_increases_without_line_search(problem):
 def test_line_search_keeps_loss_monotone_and_error_exact(problem):
     x, rank, init, seed = problem
     res = fit_als(x, rank, init=init, seed=seed, line_search=True, max_iter=40)
-    assert np.all(np.diff(np.asarray(res.history)) >= -1e-9)
+    assert_loss_monotone(res.history)
     true = true_rel_error(x, res.cp)
     assert abs(res.rel_error - true) <= 1e-7 * max(true, 1e-8)
 
@@ -64,5 +74,5 @@ def test_line_search_keeps_loss_monotone_and_error_exact(problem):
 def test_nonnegative_hals_monotone_and_nonnegative(problem):
     x, rank, init, seed = problem
     res = fit_als(x, rank, init=init, seed=seed, nonnegative=True, max_iter=30, tol=0)
-    assert np.all(np.diff(np.asarray(res.history)) >= -1e-9)
+    assert_loss_monotone(res.history)
     assert all(np.all(f >= 0) for f in res.cp.factors)
