@@ -152,8 +152,15 @@ def khatri_rao(
 
 
 def _khatri_rao_t(kept: Sequence[Array], weights: Array | None, like: Array) -> Array:
-    """Rank-first Khatri–Rao product ``khatri_rao(kept, weights=weights).T``, shape
-    ``(R, ∏ I_k)``, row-major (no validation; ``like`` supplies the empty case).
+    """Rank-first Khatri–Rao product ``khatri_rao(kept, weights=weights).T``, unvalidated.
+
+    ``kept[k]`` are ``(I_k, R)``; the result is a row-major ``(R, ∏ I_k)`` array, first
+    matrix varying slowest, row ``r`` scaled by ``weights[r]`` when ``weights`` (length R)
+    is given. It is C-contiguous for NumPy and torch (a view of ``kept[0]`` when that is
+    the only, unweighted operand and ``kept[0].T`` is contiguous already). ``like`` is any
+    ``(·, R)`` matrix of the operands' backend (e.g. ``kept[0]``): it supplies R, and with
+    ``kept`` empty the backend, device and dtype of the ``(R, 1)`` column of ones (or of
+    ``weights``) returned.
 
     Built in this layout because the inner loops then run over the long mode sizes rather
     than over R, and because it is the operand layout the GEMMs below want.
@@ -506,8 +513,15 @@ def _mttkrp_one(x: Array, mats: Sequence[Array], mode: int) -> Array:
 
 
 def _contract_rank_first(p: Array, mats: Sequence[Array], keep: int) -> Array:
-    """Given ``p`` of shape ``(R, J_0, …, J_{k-1})`` and factors ``mats[j]`` of shape
-    ``(J_j, R)``, contract every mode except ``keep``: returns ``(J_keep, R)``."""
+    """Finish an MTTKRP from a rank-first partial contraction (unvalidated).
+
+    ``p`` is ``(R, J_0, …, J_{k-1})`` (rank axis first, any strides: it is only reshaped)
+    and ``mats[j]`` is ``(J_j, R)``; returns the ``(J_keep, R)`` matrix
+    ``out[i, r] = Σ p[r, j_0, …, i, …, j_{k-1}] Π_{j≠keep} mats[j][j_j, r]``, a transposed
+    view of an ``(R, J_keep)`` array. ``mats[keep]`` is not read. One two-operand
+    ``einsum`` per contracted mode, trailing modes first, then leading ones; no
+    intermediate is larger than ``p``.
+    """
     xp = namespace(p)
     rank = int(p.shape[0])
     dims = list(shape_tuple(p)[1:])
@@ -521,6 +535,39 @@ def _contract_rank_first(p: Array, mats: Sequence[Array], keep: int) -> Array:
         p = _einsum("rab,ar->rb", xp.reshape(p, (rank, dims[0], rest)), mats[j])
         dims = dims[1:]
     return xp.reshape(p, (rank, dims[0])).T
+
+
+def _contract_rank_last(p: Array, mats: Sequence[Array], keep: int) -> Array:
+    """:func:`_contract_rank_first` for a rank-last partial contraction (unvalidated).
+
+    ``p`` is ``(J_0, …, J_{k-1}, R)`` (rank axis last, as a GEMM ``X_flat @ KR`` leaves
+    it; any strides: it is only reshaped) and ``mats[j]`` is ``(J_j, R)``; returns the
+    ``(J_keep, R)`` matrix ``out[i, r] = Σ p[j_0, …, i, …, j_{k-1}, r]
+    Π_{j≠keep} mats[j][j_j, r]`` (rank last, like ``p``; ``p`` itself reshaped when
+    ``k == 1``). ``mats[keep]`` is not read. One two-operand ``einsum`` per contracted
+    mode, trailing modes first, then leading ones; no intermediate is larger than ``p``.
+    The ALS dimension tree (:mod:`cptensor.fit.als`) finishes each mode's MTTKRP with it.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((3, 4, 5))
+    >>> fs = [rng.standard_normal((n, 2)) for n in x.shape]
+    >>> p = (x.reshape(12, 5) @ fs[2]).reshape(3, 4, 2)  # x ×_2 A_2, rank last
+    >>> np.allclose(_contract_rank_last(p, fs[:2], 1), mttkrp(x, fs, 1))
+    True
+    """
+    xp = namespace(p)
+    rank = int(p.shape[-1])
+    dims = list(shape_tuple(p)[:-1])
+    for j in range(len(dims) - 1, keep, -1):
+        rest = math.prod(dims[:j])
+        p = _einsum("ajr,jr->ar", xp.reshape(p, (rest, dims[j], rank)), mats[j])
+        dims = dims[:j]
+    for j in range(keep):
+        rest = math.prod(dims[1:])
+        p = _einsum("jar,jr->ar", xp.reshape(p, (dims[0], rest, rank)), mats[j])
+        dims = dims[1:]
+    return xp.reshape(p, (dims[0], rank))
 
 
 def mttkrp_all(x: Any, factors: Any) -> list[Array]:
@@ -555,7 +602,12 @@ def mttkrp_all(x: Any, factors: Any) -> list[Array]:
 
 def _best_split(shape: Sequence[int], lo: int = 1, hi: int | None = None) -> int:
     """Split point k (``lo <= k <= hi``, default ``1 <= k < N``) minimising the size of the
-    two partial results, ``∏ shape[:k] + ∏ shape[k:]``."""
+    two partial results, ``∏ shape[:k] + ∏ shape[k:]`` (the smallest such k on ties).
+
+    Splits the modes into a left block ``0..k-1`` and a right block ``k..N-1`` for a
+    two-level dimension tree (:func:`mttkrp_all`, :mod:`cptensor.fit.als`) and for
+    block-wise reconstruction. Needs ``lo <= hi`` (so ``N >= 2`` by default).
+    """
     hi = len(shape) - 1 if hi is None else hi
     return _argmin_split(lo, hi, lambda k: math.prod(shape[:k]) + math.prod(shape[k:]))
 

@@ -29,10 +29,11 @@ from typing import Any
 import numpy as np
 
 from .. import init as _init
-from .._backend import Array, namespace, scalar
+from .._backend import Array, contiguous, float64_of, is_torch, namespace, scalar
 from ..algebra import arrange, fix_signs
 from ..cp import CPTensor
 from ..operator import is_operator
+from ..products import _best_split, _contract_rank_last, _khatri_rao_t
 from ._common import (
     CHUNK_ELEMENTS,
     check_callback,
@@ -48,12 +49,21 @@ from ._common import (
     sum_squares64,
 )
 from ._solve import SolveLog, solve_normal
-from ._tree import best_split, contiguous, contract_rank_last, f64, kr_t
 from .result import CPFit, FitState
 
 __all__ = ["fit_als"]
 
 _INITS = ("svd", "random", "orthogonal")
+
+
+def _f64(xp: Any, a: Array) -> Array:
+    """``a`` in float64 on its own device: ``a`` itself (no copy) when it already is, else
+    :func:`~cptensor._backend.float64_of` (float32 on MPS, which has no float64)."""
+    if is_torch(a):
+        import torch
+
+        return a if a.dtype == torch.float64 else float64_of(xp, a)
+    return a if a.dtype == xp.float64 else float64_of(xp, a)
 
 
 # -- engines: where the MTTKRPs and residuals come from -----------------------------------
@@ -65,7 +75,7 @@ class _Dense:
     def __init__(self, x: Array, shape: tuple[int, ...]) -> None:
         self.xp = namespace(x)
         self.shape = shape
-        self.k = best_split(shape)
+        self.k = _best_split(shape)
         self.left = math.prod(shape[: self.k])
         self.right = math.prod(shape[self.k :])
         self.set_x(x)
@@ -77,32 +87,32 @@ class _Dense:
 
     def partial_left(self, factors: Sequence[Array]) -> Array:
         """``X ×_{right} KR(A_right)``, rank last: ``(I_0, …, I_{k-1}, R)`` (one GEMM)."""
-        krt = kr_t(factors[self.k :], factors[0])
+        krt = _khatri_rao_t(factors[self.k :], None, factors[0])
         p = self.xp.matmul(self.flat, krt.T)
         return self.xp.reshape(p, (*self.shape[: self.k], int(krt.shape[0])))
 
     def partial_right(self, factors: Sequence[Array]) -> Array:
         """``X ×_{left} KR(A_left)``, rank last: ``(I_k, …, I_{N-1}, R)`` (one GEMM, with
         ``x`` as the transposed operand: faster in BLAS than ``KR(A_left)ᵀ @ X``)."""
-        klt = kr_t(factors[: self.k], factors[0])
+        klt = _khatri_rao_t(factors[: self.k], None, factors[0])
         p = self.xp.matmul(self.flat.T, klt.T)
         return self.xp.reshape(p, (*self.shape[self.k :], int(klt.shape[0])))
 
     def reconstruct_flat(self, factors: Sequence[Array], lam: Array) -> Array:
-        klt = kr_t(factors[: self.k], factors[0], lam)
-        krt = kr_t(factors[self.k :], factors[0])
+        klt = _khatri_rao_t(factors[: self.k], lam, factors[0])
+        krt = _khatri_rao_t(factors[self.k :], None, factors[0])
         return self.xp.matmul(klt.T, krt)
 
     def residual_sq(self, factors: Sequence[Array], lam: Array) -> float:
         """``‖X − M‖²`` directly, reconstructed in row blocks, summed in float64."""
         xp = self.xp
-        kl = kr_t(factors[: self.k], factors[0], lam).T
-        krt = kr_t(factors[self.k :], factors[0])
+        kl = _khatri_rao_t(factors[: self.k], lam, factors[0]).T
+        krt = _khatri_rao_t(factors[self.k :], None, factors[0])
         step = max(1, CHUNK_ELEMENTS // max(1, self.right))
         total = 0.0
         for start in range(0, self.left, step):
             diff = self.flat[start : start + step] - xp.matmul(kl[start : start + step], krt)
-            d = f64(xp, diff)
+            d = _f64(xp, diff)
             total += float(xp.sum(d * d))
         return total
 
@@ -119,9 +129,9 @@ class _State:
         self.free = list(free)
         self.dtype = factors[0].dtype
         xp = self.xp
-        lam64 = f64(xp, lam)
+        lam64 = _f64(xp, lam)
         for n in self.free:  # normalize free factors, norms into the weights
-            a64 = f64(xp, self.factors[n])
+            a64 = _f64(xp, self.factors[n])
             norms = xp.sqrt(xp.sum(a64 * a64, axis=0))
             lam64 = lam64 * norms
             self.factors[n] = xp.astype(a64 / xp.where(norms > 0, norms, 1.0), self.dtype)
@@ -129,7 +139,7 @@ class _State:
         self.grams = [self._gram(f) for f in self.factors]
 
     def _gram(self, f: Array) -> Array:
-        a64 = f64(self.xp, f)
+        a64 = _f64(self.xp, f)
         return a64.T @ a64
 
     @property
@@ -390,7 +400,7 @@ def fit_als(
         obs_flat = dense.flat
         # first sweep: missing entries at the mean of the observed ones
         n_obs = int(xp.sum(xp.astype(masked, xp.int64)))
-        mean = float(xp.sum(f64(xp, x_obs))) / n_obs
+        mean = float(xp.sum(_f64(xp, x_obs))) / n_obs
         fill = xp.where(mask_flat, obs_flat, xp.full_like(obs_flat, mean))
 
     def masked_loss(st: _State) -> tuple[float, Array]:
@@ -405,31 +415,31 @@ def fit_als(
             for n in st.free:
                 m = x.mttkrp(st.factors, n)
                 _update(st, n, m)
-                last = (n, f64(xp, m))
+                last = (n, _f64(xp, m))
             return last
         k = dense.k
         if any(n < k for n in st.free):
             p = dense.cache if dense.cache is not None else dense.partial_left(st.factors)
             for n in st.free:
                 if n < k:
-                    m = contract_rank_last(p, st.factors[:k], n)
+                    m = _contract_rank_last(p, st.factors[:k], n)
                     _update(st, n, m)
-                    last = (n, f64(xp, m))
+                    last = (n, _f64(xp, m))
         dense.cache = None
         if any(n >= k for n in st.free):
             p = dense.partial_right(st.factors)
             for n in st.free:
                 if n >= k:
-                    m = contract_rank_last(p, st.factors[k:], n - k)
+                    m = _contract_rank_last(p, st.factors[k:], n - k)
                     _update(st, n, m)
-                    last = (n, f64(xp, m))
+                    last = (n, _f64(xp, m))
         return last
 
     def _update(st: _State, n: int, m: Array) -> None:
-        m64 = f64(xp, m)
+        m64 = _f64(xp, m)
         v = st.v_except(n)
         if nonnegative:
-            b0 = f64(xp, st.factors[n]) * st.lam64
+            b0 = _f64(xp, st.factors[n]) * st.lam64
             b64 = _hals(m64, v, b0, ridge)
         else:
             b64 = solve_normal(m64, v, log, n, ridge)
@@ -439,7 +449,7 @@ def fit_als(
         return max(norm_x2 + st.model_norm_sq() - 2.0 * inner, 0.0)
 
     def inner_from_mttkrp(st: _State, mode: int, m64: Array) -> float:
-        return float(xp.sum(m64 * f64(xp, st.factors[mode]) * st.lam64))
+        return float(xp.sum(m64 * _f64(xp, st.factors[mode]) * st.lam64))
 
     def exact_err2(st: _State) -> tuple[float, bool]:
         if masked is not None:
@@ -481,12 +491,12 @@ def fit_als(
                     margin = 0.0
                 elif op:
                     m0 = x.mttkrp(cand.factors, 0)
-                    e2c = cheap_err2(cand, inner_from_mttkrp(cand, 0, f64(xp, m0)))
+                    e2c = cheap_err2(cand, inner_from_mttkrp(cand, 0, _f64(xp, m0)))
                     margin = 10 * eps * norm_x2
                 else:
                     p_c = dense.partial_left(cand.factors)
-                    m0 = contract_rank_last(p_c, cand.factors[: dense.k], 0)
-                    e2c = cheap_err2(cand, inner_from_mttkrp(cand, 0, f64(xp, m0)))
+                    m0 = _contract_rank_last(p_c, cand.factors[: dense.k], 0)
+                    e2c = cheap_err2(cand, inner_from_mttkrp(cand, 0, _f64(xp, m0)))
                     margin = 10 * eps * norm_x2
                 if e2c < err2 - margin:
                     ls_accepted += 1
@@ -541,7 +551,7 @@ def fit_als(
     else:
         if math.isinf(err2):  # max_iter == 0: nothing computed yet
             m = x.mttkrp(state.factors, 0)
-            err2 = cheap_err2(state, inner_from_mttkrp(state, 0, f64(xp, m)))
+            err2 = cheap_err2(state, inner_from_mttkrp(state, 0, _f64(xp, m)))
         method = (
             "float64 cheap formula ‖X‖²+‖M‖²−2⟨X,M⟩ (operator has no residual_norm): "
             f"absolute error² accurate to about {10 * eps:.1e}·‖X‖²"
@@ -619,7 +629,7 @@ def _make_start(
         if masked is not None:
             xp = namespace(x)
             n_obs = int(xp.sum(xp.astype(masked, xp.int64)))
-            mean = float(xp.sum(f64(xp, x_obs))) / n_obs
+            mean = float(xp.sum(_f64(xp, x_obs))) / n_obs
             src = xp.where(masked, x_obs, xp.full_like(x_obs, mean))
         return _init.svd(src, rank, seed=seed)
     maker = _init.random if init == "random" else _init.orthogonal

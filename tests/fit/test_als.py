@@ -242,8 +242,8 @@ def test_dimension_tree_makes_two_passes_per_sweep(monkeypatch):
 
 @pytest.mark.parametrize("shape", [(3, 4), (5, 4, 3), (4, 3, 5, 2), (3, 2, 4, 2, 3)])
 def test_tree_mttkrps_match_reference(shape):
-    from cptensor.fit._tree import contract_rank_last
     from cptensor.fit.als import _Dense
+    from cptensor.products import _contract_rank_last
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape)
@@ -252,8 +252,8 @@ def test_tree_mttkrps_match_reference(shape):
     p_left, p_right = d.partial_left(fs), d.partial_right(fs)
     for n in range(len(shape)):
         if n < d.k:
-            got = contract_rank_last(p_left, fs[: d.k], n)
+            got = _contract_rank_last(p_left, fs[: d.k], n)
         else:
-            got = contract_rank_last(p_right, fs[d.k :], n - d.k)
+            got = _contract_rank_last(p_right, fs[d.k :], n - d.k)
         ref = ct.unfold(x, n) @ ct.khatri_rao(fs, skip=n)
         np.testing.assert_allclose(got, ref, atol=1e-10)
