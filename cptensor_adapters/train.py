@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -64,6 +64,14 @@ class TrainConfig:
     max_seconds : float, optional
         Stop training when this much wall-clock time has passed (the result records the
         steps actually taken).
+    group_by_length : bool
+        Draw each batch from examples of similar token length, as the ``group_by_length``
+        option of Hugging Face's ``TrainingArguments`` does: every epoch is shuffled, cut
+        into mega-batches of ``LENGTH_GROUP_BATCHES`` batches, each sorted by length and
+        split into batches, and the batch order is shuffled again. On short, skewed
+        texts (SST-2 phrases) this cuts the padded tokens, and the time per step, about
+        threefold; the batches are then less random, so compare methods only under the
+        same setting.
     """
 
     steps: int = 500
@@ -75,6 +83,7 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 128
     max_seconds: float | None = None
+    group_by_length: bool = False
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "max_length", "eval_batch_size"):
@@ -248,12 +257,33 @@ def trainable_parameters(model: Any) -> int:
     return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
 
 
-def _batches(n: int, batch_size: int, seed: int) -> Iterator[np.ndarray]:
+LENGTH_GROUP_BATCHES = 50  # batches per mega-batch with ``group_by_length`` (as in HF)
+
+
+def _batches(
+    n: int, batch_size: int, seed: int, lengths: np.ndarray | None = None
+) -> Iterator[np.ndarray]:
+    """Index batches forever, epoch by epoch; length-grouped when ``lengths`` is given."""
     rng = np.random.default_rng(seed)
     while True:
         order = rng.permutation(n)
-        for start in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
-            yield order[start : start + batch_size]
+        stop = n - batch_size + 1 if n >= batch_size else 1
+        batches = [order[start : start + batch_size] for start in range(0, stop, batch_size)]
+        if lengths is not None:
+            used = np.concatenate(batches)
+            mega = batch_size * LENGTH_GROUP_BATCHES
+            batches = []
+            for start in range(0, len(used), mega):
+                chunk = used[start : start + mega]
+                chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+                batches.extend(np.split(chunk, range(batch_size, len(chunk), batch_size)))
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        yield from batches
+
+
+def _token_lengths(tokenizer: Any, texts: Sequence[str], max_length: int) -> np.ndarray:
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length)
+    return np.array([len(ids) for ids in enc["input_ids"]])
 
 
 def _encode(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, Any]:
@@ -291,14 +321,16 @@ def evaluate_accuracy(
     was_training = model.training
     model.eval()
     correct = 0
+    # Batches of similar length pad less; the accuracy does not depend on the order.
+    order = np.argsort(_token_lengths(tokenizer, data.texts, max_length), kind="stable")
     starts = range(0, len(data), batch_size)
     try:
         with torch.no_grad():  # not inference_mode: adapter layers may cache by version
             for start in _maybe_tqdm(starts, progress, desc, unit="batch"):
-                texts = list(data.texts[start : start + batch_size])
-                enc = _encode(tokenizer, texts, max_length)
+                idx = order[start : start + batch_size]
+                enc = _encode(tokenizer, [data.texts[i] for i in idx], max_length)
                 logits = model(**enc).logits
-                labels = torch.tensor(data.labels[start : start + batch_size])
+                labels = torch.tensor([data.labels[i] for i in idx])
                 correct += int((logits.argmax(-1) == labels).sum())
     finally:
         model.train(was_training)
@@ -376,7 +408,12 @@ def train_classifier(
         return max(0.0, (config.steps - step) / max(1, config.steps - warm))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-    batches = _batches(len(train), min(config.batch_size, len(train)), config.seed)
+    lengths = (
+        _token_lengths(tokenizer, train.texts, config.max_length)
+        if config.group_by_length
+        else None
+    )
+    batches = _batches(len(train), min(config.batch_size, len(train)), config.seed, lengths)
     losses: list[float] = []
     model.train()
     bar = _maybe_tqdm(range(config.steps), progress, desc, unit="step")

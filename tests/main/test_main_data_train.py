@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from cptensor_adapters.data import TextDataset, load_sst2, load_vader, vader_lexicon_path
-from cptensor_adapters.train import TrainConfig, load_minilm, train_classifier
+from cptensor_adapters.train import (
+    LENGTH_GROUP_BATCHES,
+    TrainConfig,
+    _batches,
+    evaluate_accuracy,
+    load_minilm,
+    train_classifier,
+)
 
 from .conftest import glue_dir, needs_glue
 
@@ -94,6 +101,56 @@ def test_training_is_reproducible():
         cfg = TrainConfig(steps=3, batch_size=4, seed=3)
         losses.append(train_classifier(model, tok, toy, toy, cfg).losses)
     assert losses[0] == losses[1]
+
+
+@pytest.mark.parametrize("n", [7, 1000, 3 * 32 * LENGTH_GROUP_BATCHES + 40])
+def test_length_grouped_batches_cover_each_epoch_like_random_ones(n):
+    """Same examples per epoch as plain shuffling, full batches, far less padding."""
+    lengths = np.random.default_rng(1).integers(1, 64, size=n)
+    size = min(32, n)
+    per_epoch = max(1, n // size)
+    plain, grouped = _batches(n, size, 0), _batches(n, size, 0, lengths)
+    for epoch in range(2):
+        p = [next(plain) for _ in range(per_epoch)]
+        g = [next(grouped) for _ in range(per_epoch)]
+        assert all(len(b) == size for b in g)
+        assert len(set(np.concatenate(g).tolist())) == per_epoch * size  # no repeats
+        if epoch == 0:  # same shuffle, so the same examples (later epochs draw anew)
+            assert sorted(np.concatenate(p)) == sorted(np.concatenate(g))
+        if n >= 1000:
+            pad_p = sum(lengths[b].max() * size for b in p)
+            pad_g = sum(lengths[b].max() * size for b in g)
+            assert pad_g < 0.7 * pad_p
+    again = _batches(n, size, 0, lengths)
+    first = [next(again) for _ in range(per_epoch)]
+    grouped = _batches(n, size, 0, lengths)
+    assert all((a == b).all() for a, b in zip(first, [next(grouped) for _ in range(per_epoch)]))
+
+
+def test_group_by_length_training_runs_and_is_reproducible():
+    texts = ("good", "a truly wonderful and moving film", "bad", "dull, long and tiresome") * 4
+    toy = TextDataset(texts, (1, 1, 0, 0) * 4)
+    losses = []
+    for _ in range(2):
+        model, tok = load_minilm(2, seed=0)
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("classifier."))
+        cfg = TrainConfig(steps=3, batch_size=4, seed=1, group_by_length=True)
+        losses.append(train_classifier(model, tok, toy, toy, cfg).losses)
+    assert losses[0] == losses[1] and len(losses[0]) == 3
+
+
+def test_evaluation_does_not_depend_on_batching():
+    """Length-sorted evaluation batches: same accuracy as one sentence at a time."""
+    model, tok = load_minilm(2, seed=0)
+    texts = ("fine", "an utterly forgettable, overlong mess of a movie", "great fun", "meh") * 3
+    data = TextDataset(texts, (1, 0, 1, 0) * 3)
+    model.eval()
+    with torch.no_grad():
+        preds = [int(model(**tok(t, return_tensors="pt")).logits.argmax()) for t in texts]
+    expected = np.mean([p == y for p, y in zip(preds, data.labels)])
+    for bs in (1, 5, 128):
+        assert evaluate_accuracy(model, tok, data, batch_size=bs) == pytest.approx(expected)
 
 
 def test_no_trainable_parameter_refused():
