@@ -3,8 +3,10 @@
 Map a model's weight grid onto tensor modes (:class:`WeightGrid`, :class:`Layout`), attach
 an adapter (:func:`attach` with an :class:`AdapterConfig`), train it like any module, then
 merge, save, load, export to PEFT LoRA or hand it to the rank analysis (:func:`as_cp`,
-:func:`delta_weights`). LoRA (``layout="lora"``) and custom layouts are special cases of the
-same mechanism.
+:func:`delta_weights`, or :func:`extract_adapter_delta` and :func:`analyze_delta` on a saved
+adapter; these and :func:`extract_delta`, :func:`extract_lora_delta` and
+:class:`DeltaReport` are re-exported from :mod:`cptensor_adapters.deltas`). LoRA
+(``layout="lora"``) and custom layouts are special cases of the same mechanism.
 
 Example:
     >>> import torch
@@ -18,6 +20,13 @@ Example:
 """
 
 from .config import INITS, AdapterConfig
+from .deltas import (
+    DeltaReport,
+    analyze_delta,
+    extract_adapter_delta,
+    extract_delta,
+    extract_lora_delta,
+)
 from .grid import ATTENTION_ROLES, Target, WeightGrid
 from .io import load_adapter, save_adapter
 from .layout import AXES, LAYOUTS, GroupPlan, Layout, plan_groups
@@ -49,6 +58,7 @@ __all__ = [
     "LAYOUTS",
     "AdapterConfig",
     "CPAdapterLayer",
+    "DeltaReport",
     "FactorStore",
     "GroupPlan",
     "Layout",
@@ -59,10 +69,14 @@ __all__ = [
     "active_adapters",
     "adapter_groups",
     "adapter_names",
+    "analyze_delta",
     "as_cp",
     "attach",
     "delta_weights",
     "disabled",
+    "extract_adapter_delta",
+    "extract_delta",
+    "extract_lora_delta",
     "get_config",
     "load_adapter",
     "merge",

@@ -3,7 +3,8 @@
 Subcommands::
 
     cptensor analyze BASE TUNED --out DIR        tensor rank of a fine-tuned delta
-    cptensor analyze-adapter ADAPTER_DIR --out DIR   the same for a PEFT LoRA adapter
+    cptensor analyze-adapter ADAPTER_DIR --out DIR   the same for a saved adapter
+                                                 (PEFT LoRA or cptensor_adapters)
     cptensor fit TENSOR.npy --rank R [--out cp.npz]  one CP fit (ALS)
     cptensor sweep TENSOR.npy --ranks 1-8        rank sweep with diagnostics
     cptensor demo [--glue-dir DIR] [--out runs/demo] [--quick]
@@ -290,15 +291,30 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _adapter_title(config: dict[str, Any]) -> str:
+    """Report title for an adapter with this ``adapter_config.json``."""
+    from .io import FORMAT
+
+    if config.get("format") != FORMAT:
+        return "LoRA adapter's delta"
+    layout = config.get("config", {}).get("layout", "lorta")
+    name = layout if isinstance(layout, str) else layout.get("name", "custom")
+    label = {"lorta": "LoRTA", "lora": "LoRA", "layer_shared": "layer-shared"}.get(name, name)
+    return f"{label} adapter's delta"
+
+
 def _cmd_analyze_adapter(args: argparse.Namespace) -> int:
-    from .deltas import analyze_delta, extract_lora_delta
+    from .deltas import analyze_delta, extract_adapter_delta
 
     ranks = parse_ranks(args.ranks)
     if not Path(args.adapter_dir).exists():
         raise CLIError(f"{args.adapter_dir}: no such directory")
-    delta = extract_lora_delta(args.adapter_dir, args.base_config)
+    say = _say(args)
+    say(f"reading the adapter in {args.adapter_dir} (format from adapter_config.json)")
+    delta = extract_adapter_delta(args.adapter_dir, args.base_config)
     _check_rank_range(ranks, delta.shape)
-    rep = analyze_delta(delta, ranks, title="LoRA adapter's delta", **_analysis_kwargs(args))
+    title = _adapter_title(delta.config)
+    rep = analyze_delta(delta, ranks, title=title, **_analysis_kwargs(args))
     out = rep.save(args.out)
     _emit(args, rep.to_dict() | {"out": str(out)}, _report_summary(rep, out))
     return 0
@@ -406,18 +422,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     aa = sub.add_parser(
         "analyze-adapter",
-        help="tensor rank of a PEFT LoRA adapter's delta",
-        description="Read a PEFT LoRA adapter (adapter_config.json, adapter_model.safetensors), "
-        "arrange its updates as the LoRTA tensor of low-rank blocks (never formed "
-        "densely) and analyse its tensor rank as 'analyze' does.",
+        help="tensor rank of a saved adapter's delta (PEFT LoRA or cptensor_adapters)",
+        description="Read a saved adapter (adapter_config.json, adapter_model.safetensors) "
+        "in either format: a PEFT LoRA adapter (PeftModel.save_pretrained; its config has "
+        "'peft_type') or one written by cptensor_adapters.save_adapter (any layout: LoRTA, "
+        "LoRA, ...; its config has 'format': 'cptensor_adapters'). The format is read from "
+        "adapter_config.json. Arrange the attention updates as the LoRTA tensor of low-rank "
+        "blocks (never formed densely) and analyse its tensor rank as 'analyze' does.",
     )
-    aa.add_argument("adapter_dir", metavar="ADAPTER_DIR", help="the PEFT adapter directory")
+    aa.add_argument(
+        "adapter_dir",
+        metavar="ADAPTER_DIR",
+        help="the adapter directory (PEFT LoRA or cptensor_adapters.save_adapter)",
+    )
     aa.add_argument(
         "--base-config",
         default=None,
         metavar="PATH",
-        help="config.json (or its directory) of the base model, for the number of "
-        "heads; default: the adapter's base_model_name_or_path if local",
+        help="config.json (or its directory) of the base model. PEFT adapters: for the "
+        "number of heads (default: the adapter's base_model_name_or_path if local). "
+        "cptensor_adapters adapters store their geometry; the config is checked against "
+        "it and gives the total number of layers",
     )
     _analysis_options(aa)
     aa.set_defaults(func=_cmd_analyze_adapter)

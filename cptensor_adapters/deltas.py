@@ -19,6 +19,9 @@ rank-``r`` CP of this tensor is exactly a LoRTA adapter of rank ``r``
   (a :class:`cptensor.structured.BlockTensor`).
 * :func:`extract_lora_delta` — a PEFT LoRA adapter directory as a :class:`LowRankDelta`
   (a :class:`cptensor.structured.LowRankBlockTensor`; no block is formed).
+* :func:`extract_adapter_delta` — any adapter directory, PEFT LoRA or written by
+  :func:`cptensor_adapters.save_adapter` (the format is read from ``adapter_config.json``),
+  as a :class:`LowRankDelta` built from the saved factors.
 * :func:`analyze_delta` — rank sweep, per-matrix rank profile, "parameters needed to
   capture X % of the delta's energy" for LoRA and for the CP layout, core consistency;
   :meth:`DeltaReport.save` writes ``report.md``, ``report.json`` and PNG figures.
@@ -70,6 +73,7 @@ __all__ = [
     "DeltaTensor",
     "LowRankDelta",
     "analyze_delta",
+    "extract_adapter_delta",
     "extract_delta",
     "extract_lora_delta",
     "lora_delta_from_model",
@@ -443,7 +447,7 @@ class DeltaTensor(BlockTensor):
 
 
 class LowRankDelta(LowRankBlockTensor):
-    """A LoRA adapter's updates as a LoRTA tensor of low-rank blocks (none formed).
+    """An adapter's low-rank updates as a LoRTA tensor of low-rank blocks (none formed).
 
     A :class:`~cptensor.structured.LowRankBlockTensor` of shape ``(d, d_h, H, L, 4)``;
     blocks of matrices the adapter does not touch are zero. Extra attributes:
@@ -624,6 +628,45 @@ def _load_config(base_config: Any) -> dict[str, Any]:
     return json.loads(p.read_text())
 
 
+def _read_adapter_json(path: Path) -> dict[str, Any]:
+    """``adapter_config.json`` as a dict; ValueError naming the file when it is not one."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, expected an object")
+    return data
+
+
+def _is_own_format(acfg: Mapping[str, Any]) -> bool:
+    """Whether an ``adapter_config.json`` was written by :func:`cptensor_adapters.save_adapter`."""
+    from .io import FORMAT
+
+    return acfg.get("format") == FORMAT
+
+
+def _read_safetensors(path: Path, keep: Callable[[str], bool]) -> tuple[dict[str, Any], list[str]]:
+    """The tensors of ``path`` whose key passes ``keep`` (torch, as stored; the others are
+    not read) and all its keys; ValueError naming the file when it is not a readable
+    safetensors file."""
+    from safetensors import safe_open
+
+    out = {}
+    try:
+        with safe_open(str(path), framework="pt") as h:
+            keys = list(h.keys())
+            for k in keys:
+                if keep(k):
+                    out[k] = h.get_tensor(k)
+    except Exception as exc:  # safetensors raises its own error types
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({type(exc).__name__}: {msg})"
+        ) from None
+    return out, keys
+
+
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<name>[^.]+))?\.weight$")
 
 
@@ -685,10 +728,12 @@ def extract_lora_delta(
                 f"peft_adapter_dir {str(d)!r} lacks {p.name}; expected a "
                 "PEFT LoRA adapter saved with save_pretrained"
             )
-    try:
-        acfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{cfg_path} is not valid JSON: {exc}") from None
+    acfg = _read_adapter_json(cfg_path)
+    if _is_own_format(acfg):
+        raise ValueError(
+            f"{cfg_path}: a cptensor_adapters adapter (written by save_adapter), not a PEFT "
+            "LoRA adapter; read it with extract_adapter_delta"
+        )
     if str(acfg.get("peft_type", "LORA")).upper() != "LORA":
         raise ValueError(f"{cfg_path}: peft_type is {acfg.get('peft_type')!r}, expected 'LORA'")
     if base_config is None and acfg.get("base_model_name_or_path"):
@@ -699,14 +744,12 @@ def extract_lora_delta(
     r_default = int(acfg.get("r", 8))
     alpha_default = float(acfg.get("lora_alpha", r_default))
     rslora = bool(acfg.get("use_rslora", False))
-    from safetensors import safe_open
-
     ab: dict[str, dict[str, np.ndarray]] = {}
-    with safe_open(str(w_path), framework="pt") as h:
-        for k in h.keys():
-            m = _LORA_KEY.match(k)
-            if m:
-                ab.setdefault(m["module"], {})[m["ab"]] = h.get_tensor(k).float().numpy()
+    lora_tensors, _ = _read_safetensors(w_path, lambda k: _LORA_KEY.match(k) is not None)
+    for k, t in lora_tensors.items():
+        m = _LORA_KEY.match(k)
+        assert m is not None
+        ab.setdefault(m["module"], {})[m["ab"]] = t.float().numpy()
     if not ab:
         raise ValueError(f"{w_path}: no lora_A / lora_B weights found")
     shapes = {}
@@ -745,6 +788,260 @@ def extract_lora_delta(
         f"{geo.n_layers * 4}; scale {'alpha/sqrt(r)' if rslora else 'alpha/r'}"
     ]
     return LowRankDelta(geo.shape, pairs, matched, acfg, notes)
+
+
+def extract_adapter_delta(
+    adapter_dir: str | os.PathLike[str], base_config: Any = None
+) -> LowRankDelta:
+    """An adapter directory, PEFT LoRA or this library's, as a LoRTA tensor of low-rank blocks.
+
+    The format is read from ``adapter_config.json``: a ``peft_type`` field marks a PEFT
+    adapter (read by :func:`extract_lora_delta`); ``"format": "cptensor_adapters"`` marks
+    one written by :func:`cptensor_adapters.save_adapter`. The latter stores CP factors
+    (one CP tensor per layout group) and its weight grid, so the geometry comes from the
+    files and no weight of the base model is read. Each attention target's update
+    ``ΔW = B A`` is rebuilt from the factors as the adapter computes it in its forward
+    pass (rank at most ``r``, scaling ``alpha / r`` included) and kept as that pair: no
+    block is formed. The blocks are arranged as in the module docstring whatever the
+    adapter's layout and ``head_split``; for a ``"lorta"`` adapter over Q, K, V and O of
+    every layer with the default ``head_split``, the result is the adapter's own CP
+    tensor (:func:`cptensor_adapters.as_cp`), so its CP rank is at most ``r``.
+
+    Parameters
+    ----------
+    adapter_dir : path
+        Directory with ``adapter_config.json`` and ``adapter_model.safetensors``.
+    base_config : dict, transformers config or path, optional
+        The base model's config. For a PEFT adapter, as in :func:`extract_lora_delta`.
+        For this library's adapters the files give the geometry; the config, when given,
+        is checked against it and sets the number of layers (targets on some layers only
+        leave the others as zero blocks).
+
+    Returns
+    -------
+    LowRankDelta
+        Shape ``(d, d_h, H, L, 4)``; ``.config`` is the parsed ``adapter_config.json``,
+        ``.matched`` rows ``(layer, matrix, target name)``, ``.notes`` what was read and
+        what was left out (targets other than Q, K, V, O; ``modules_to_save`` copies).
+
+    Raises
+    ------
+    FileNotFoundError
+        Missing directory or files.
+    ValueError
+        An unknown format, a file that cannot be read, files that disagree with each
+        other, an adapter without attention targets, grouped-query attention (K, V smaller
+        than Q, O), or a ``base_config`` that contradicts the adapter's geometry.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np, torch
+    >>> from transformers import BertConfig, BertModel
+    >>> import cptensor_adapters as cpa
+    >>> cfg = BertConfig(hidden_size=16, num_attention_heads=4, num_hidden_layers=2,
+    ...                  intermediate_size=32, vocab_size=50)
+    >>> _ = torch.manual_seed(0)
+    >>> model = cpa.attach(BertModel(cfg), cpa.AdapterConfig(r=2, init="random"))
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     _ = cpa.save_adapter(model, tmp)
+    ...     delta = extract_adapter_delta(tmp)
+    >>> delta.shape, delta.max_block_rank
+    ((16, 4, 4, 2, 4), 2)
+    >>> b, a = delta.pairs[(1, "O")]     # ΔW = b @ a, exactly the adapter's update
+    >>> dw = cpa.delta_weights(model)["encoder.layer.1.attention.output.dense"]
+    >>> bool(np.allclose(b @ a, dw.numpy(), atol=1e-6))
+    True
+    """
+    from .io import ADAPTER_CONFIG, ADAPTER_WEIGHTS, FORMAT
+
+    d = Path(adapter_dir)
+    if not d.is_dir():
+        raise FileNotFoundError(f"adapter_dir {str(d)!r} is not a directory")
+    cfg_path = d / ADAPTER_CONFIG
+    if not cfg_path.is_file():
+        raise FileNotFoundError(
+            f"adapter_dir {str(d)!r} lacks {ADAPTER_CONFIG}; expected a PEFT LoRA adapter "
+            "(PeftModel.save_pretrained) or a cptensor_adapters adapter (save_adapter)"
+        )
+    meta = _read_adapter_json(cfg_path)
+    if _is_own_format(meta):
+        w_path = d / ADAPTER_WEIGHTS
+        if not w_path.is_file():
+            raise FileNotFoundError(
+                f"adapter_dir {str(d)!r} lacks {ADAPTER_WEIGHTS}; expected the two files "
+                "written by save_adapter"
+            )
+        return _cp_adapter_delta(cfg_path, w_path, meta, base_config)
+    if "peft_type" in meta:
+        return extract_lora_delta(d, base_config)
+    found = f"'format': {meta['format']!r}" if "format" in meta else f"keys {sorted(meta)[:6]}"
+    raise ValueError(
+        f"{cfg_path}: unknown adapter format ({found}); expected a PEFT adapter config "
+        f"(with 'peft_type') or one written by save_adapter ('format': {FORMAT!r})"
+    )
+
+
+def _cp_member_pair(
+    f: Mapping[str, np.ndarray], member: Any, scaling: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(B, A)`` with ``ΔW = B @ A`` (out × in) of one target of a CP group, from the
+    group's factors ``{mode: (size, r)}`` (the formula of :mod:`cptensor_adapters.modules`)."""
+    coef = np.full(next(iter(f.values())).shape[1], scaling)
+    for mode, row in member.index.items():
+        coef = coef * f[mode][row]
+    if member.split is None:  # no head mode: ΔW = U_out diag(c) U_inᵀ
+        return f["out"] * coef, f["in"].T
+    c = f["head"] * coef  # (heads, r)
+    per_head = (c[:, None, :] * f["in"][None, :, :]).reshape(member.heads * member.head_dim, -1)
+    if member.split == "out":  # heads split the output rows (Q, K, V)
+        return per_head, f["out"].T
+    return f["out"], per_head.T  # heads split the input columns (O)
+
+
+def _cp_adapter_delta(
+    cfg_path: Path, w_path: Path, meta: Mapping[str, Any], base_config: Any
+) -> LowRankDelta:
+    """:func:`extract_adapter_delta` for a directory written by ``save_adapter``."""
+    from .config import AdapterConfig
+    from .grid import ATTENTION_ROLES, WeightGrid
+    from .io import FORMAT_VERSION
+    from .layout import plan_groups
+
+    version = meta.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(
+            f"{cfg_path}: format_version {version!r}; this library reads versions up to "
+            f"{FORMAT_VERSION}"
+        )
+    try:
+        config = AdapterConfig.from_dict(meta["config"])
+        grid = WeightGrid.from_dict(meta["grid"])
+        plans = plan_groups(grid, config.resolved_layout, config.head_split)
+    except KeyError as exc:
+        raise ValueError(
+            f"{cfg_path}: not a valid cptensor_adapters config (missing {exc})"
+        ) from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(
+            f"{cfg_path}: not a valid cptensor_adapters config ({type(exc).__name__}: {exc})"
+        ) from None
+    saved = meta.get("groups")
+    if saved is not None:
+        want = [(list(p.modes), list(p.shape), [m.target for m in p.members]) for p in plans]
+        try:
+            got = [(list(g["modes"]), list(g["shape"]), list(g["targets"])) for g in saved]
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"{cfg_path}: malformed 'groups' entry ({exc!r})") from None
+        if got != want:
+            raise ValueError(
+                f"{cfg_path}: its 'groups' disagree with the CP tensors its config and grid "
+                "define (an edited file, or one written by another version)"
+            )
+
+    # geometry of the LoRTA delta tensor, from the grid (checked against base_config)
+    attn = [t for t in grid.targets if t.matrix in ATTENTION_ROLES]
+    other = [t.name for t in grid.targets if t.matrix not in ATTENTION_ROLES]
+    if not attn:
+        raise ValueError(
+            f"{cfg_path}: the adapter targets no attention projection (targets "
+            f"{other[:4]}); the delta tensor holds Q, K, V, O"
+        )
+    H, dh = grid.num_heads, grid.head_dim
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (H, dh)):
+        raise ValueError(
+            f"{cfg_path}: the saved grid's head geometry (num_heads={H!r}, head_dim={dh!r}) "
+            "is not two positive integers"
+        )
+    assert isinstance(H, int) and isinstance(dh, int)
+    d = H * dh
+    for t in attn:
+        if t.heads != H and t.matrix in ("k", "v"):
+            raise ValueError(
+                f"{cfg_path}: the adapter targets {t.name!r} of a model with grouped-query "
+                f"attention ({H} query heads, {t.heads} key/value heads); the LoRTA delta "
+                "tensor needs equal-sized Q, K, V, O"
+            )
+        if (t.out_features, t.in_features) != (d, d) or t.heads != H or t.head_dim != dh:
+            raise ValueError(
+                f"{cfg_path}: target {t.name!r} is {t.out_features}×{t.in_features} with "
+                f"{t.heads} heads of {t.head_dim}; the LoRTA delta tensor needs every Q, K, V, "
+                f"O to be {d}×{d} with {H} heads of {dh}"
+            )
+    cfg = _load_config(base_config)
+    cfg_heads = next((cfg[k] for k in ("num_attention_heads", "n_head") if k in cfg), None)
+    cfg_hidden = cfg.get("hidden_size", cfg.get("n_embd"))
+    for what, mine, theirs in (("attention heads", H, cfg_heads), ("hidden size", d, cfg_hidden)):
+        if theirs is not None and int(theirs) != mine:
+            raise ValueError(
+                f"base_config: {what} {theirs}, but the adapter in {cfg_path.parent} was saved "
+                f"for a model with {mine}"
+            )
+    bad_layer = next((t for t in attn if type(t.layer) is not int or t.layer < 0), None)
+    if bad_layer is not None:
+        raise ValueError(f"{cfg_path}: target {bad_layer.name!r} has layer {bad_layer.layer!r}")
+    last = max(t.layer for t in attn)
+    n_layers = cfg.get("num_hidden_layers", cfg.get("n_layer"))
+    if n_layers is not None and int(n_layers) <= last:
+        raise ValueError(f"base_config: {n_layers} layers, but the adapter targets layer {last}")
+    L = max(int(n_layers or 0), last + 1)
+
+    # the factors
+    tensors, keys = _read_safetensors(w_path, lambda k: k.startswith("groups."))
+    groups: list[dict[str, np.ndarray]] = []
+    expected = set()
+    for i, plan in enumerate(plans):
+        fs = {}
+        for mode, size in zip(plan.modes, plan.shape):
+            key = f"groups.{i}.{mode}"
+            expected.add(key)
+            t = tensors.get(key)
+            if t is None:
+                raise ValueError(f"{w_path}: tensor {key!r} is missing (its config needs it)")
+            if tuple(t.shape) != (size, config.r):
+                raise ValueError(
+                    f"{w_path}: tensor {key!r} has shape {tuple(t.shape)}, its config "
+                    f"needs ({size}, {config.r})"
+                )
+            fs[mode] = t.double().numpy()
+        groups.append(fs)
+    extra = sorted(k for k in tensors if k.startswith("groups.") and k not in expected)
+    if extra:
+        raise ValueError(f"{w_path}: unexpected tensors {extra[:5]} (not in its config)")
+    n_saved = sum(1 for k in keys if k.startswith("modules_to_save."))
+    dtypes = {str(t.dtype) for k, t in tensors.items() if k in expected}
+    out_dtype = np.float64 if dtypes == {"torch.float64"} else np.float32
+
+    pairs: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
+    matched = []
+    for plan, fs in zip(plans, groups):
+        for member in plan.members:
+            t = grid[member.target]
+            if t.matrix not in ATTENTION_ROLES:
+                continue
+            b, a = _cp_member_pair(fs, member, config.scaling)
+            name = t.matrix.upper()
+            if (t.layer, name) in pairs:
+                raise ValueError(f"{cfg_path}: two targets are layer {t.layer}, matrix {name}")
+            pairs[(t.layer, name)] = (b.astype(out_dtype), a.astype(out_dtype))
+            matched.append((t.layer, name, t.name))
+    matched.sort(key=lambda row: (row[0], MATRICES.index(row[1])))
+    layout = config.resolved_layout
+    notes = [
+        f"adapter: cptensor_adapters {layout.name!r} adapter {meta.get('name')!r} "
+        f"(r={config.r}, scale alpha/r = {config.scaling:g}, {len(plans)} CP tensor(s)) of a "
+        f"{grid.architecture}-style model",
+        f"attention: hidden {d}, {H} heads of {dh}, {L} layers; {len(pairs)} adapted "
+        f"matrices of {4 * L}",
+    ]
+    if other:
+        notes.append(
+            f"left out {len(other)} target(s) other than Q, K, V, O (e.g. {other[0]!r}): "
+            "the delta tensor holds attention only"
+        )
+    if n_saved:
+        notes.append(f"left out the modules_to_save copies ({n_saved} tensors)")
+    return LowRankDelta((d, dh, H, L, len(MATRICES)), pairs, matched, meta, notes)
 
 
 def _lora_from_adapter_modules(

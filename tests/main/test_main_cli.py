@@ -202,3 +202,81 @@ def test_analyze_real_minilm_adapter(minilm_lora, tmp_path, capsys):
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
     assert len(rep["per_matrix"]) == 24
     assert all(p["numerical"] == 4 for p in rep["per_matrix"])
+
+
+@pytest.fixture(scope="module")
+def saved_lorta(tmp_path_factory):
+    """A tiny BERT with a LoRTA r=2 adapter (random factors: ΔW ≠ 0) saved by save_adapter:
+    (adapter_dir, model)."""
+    import torch
+    from transformers import BertModel
+
+    import cptensor_adapters as cpa
+
+    from .conftest import tiny_bert_config
+
+    torch.manual_seed(0)
+    model = cpa.attach(BertModel(tiny_bert_config()), cpa.AdapterConfig(r=2, init="random"))
+    path = cpa.save_adapter(model, tmp_path_factory.mktemp("lorta") / "adapter")
+    return path, model
+
+
+def test_analyze_own_adapter(saved_lorta, tmp_path, capsys):
+    adapter_dir, model = saved_lorta
+    argv = ["analyze-adapter", str(adapter_dir), "--out", str(tmp_path / "r"), "--ranks", "1-2"]
+    assert main([*argv, "--starts", "1", "--max-iter", "200", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["shape"] == [16, 4, 4, 2, 4] and doc["title"] == "LoRTA adapter's delta"
+    assert doc["cp"][1]["energy"] > 0.999  # a rank-2 LoRTA adapter: CP rank <= 2
+    assert len(doc["per_matrix"]) == 8 and all(p["numerical"] <= 2 for p in doc["per_matrix"])
+    # the analysed norm is the dense truth's
+    import cptensor_adapters as cpa
+
+    norm = np.sqrt(sum(float((w.double() ** 2).sum()) for w in cpa.delta_weights(model).values()))
+    assert doc["norm"] == pytest.approx(norm, rel=1e-5)
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert rep["shape"] == doc["shape"]
+    assert (
+        "# Tensor rank of the LoRTA adapter's delta" in (tmp_path / "r" / "report.md").read_text()
+    )
+    # text output names the format it read
+    assert main([*argv[:4], "--out", str(tmp_path / "t"), "--ranks", "1", "--starts", "1"]) == 0
+    cap = capsys.readouterr()
+    assert "cptensor_adapters 'lorta' adapter" in cap.out
+    assert (tmp_path / "t" / "report.md").is_file()
+
+
+def test_analyze_adapter_bad_directories(saved_lorta, tmp_path, capsys):
+    import shutil
+
+    src = saved_lorta[0]
+    out = ["--out", str(tmp_path / "o")]
+
+    def broken(name, config=None, weights=None):
+        d = tmp_path / name
+        shutil.copytree(src, d)
+        if config is not None:
+            (d / "adapter_config.json").write_text(config)
+        if weights is not None:
+            (d / "adapter_model.safetensors").write_bytes(weights)
+        return str(d)
+
+    _bad(capsys, ["analyze-adapter", broken("json", config="{oops"), *out], "not valid JSON")
+    _bad(
+        capsys,
+        ["analyze-adapter", broken("unknown", config='{"r": 4}'), *out],
+        "unknown adapter format",
+    )
+    _bad(
+        capsys,
+        ["analyze-adapter", broken("weights", weights=b"\x00garbage"), *out],
+        "not a readable safetensors file",
+    )
+    meta = json.loads((src / "adapter_config.json").read_text())
+    meta["grid"]["targets"][0]["out_features"] = 99
+    _bad(
+        capsys,
+        ["analyze-adapter", broken("grid", config=json.dumps(meta)), *out],
+        "adapter_config.json",
+    )
+    assert not (tmp_path / "o").exists()  # nothing written on failure

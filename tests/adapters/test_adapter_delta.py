@@ -1,0 +1,227 @@
+"""Reading a saved adapter's delta (``extract_adapter_delta``) agrees with the dense truth."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import cptensor_adapters as cpa
+from cptensor_adapters.deltas import LowRankDelta, extract_adapter_delta, extract_lora_delta
+
+MATS = ("q", "k", "v", "o")
+
+
+def lorta_oracle(model, shape, name: str = "default") -> np.ndarray:
+    """``delta_weights`` arranged as the LoRTA delta tensor (d, d_h, H, L, 4), by loops:
+    ``T[i, j, h] = ΔW[h·d_h + j, i]`` for Q, K, V and ``ΔW[i, h·d_h + j]`` for O."""
+    dh, H = shape[1:3]
+    x = np.zeros(shape)
+    grid = model.cp_adapters.adapters[name].grid
+    for tname, dw in cpa.delta_weights(model, name).items():
+        t = grid[tname]
+        if t.matrix not in MATS:
+            continue
+        w = dw.double().numpy()
+        m = MATS.index(t.matrix)
+        for h in range(H):
+            for j in range(dh):
+                x[:, j, h, t.layer, m] = w[h * dh + j, :] if m < 3 else w[:, h * dh + j]
+    return x
+
+
+def _saved(model, path):
+    cpa.save_adapter(model, path)
+    return path
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_blocks_equal_delta_weights(tiny, arch, layout, tmp_path):
+    cfg = cpa.AdapterConfig(r=3, alpha=6, layout=layout, init="random", seed=4)
+    m = cpa.attach(tiny(arch), cfg)
+    delta = extract_adapter_delta(_saved(m, tmp_path))
+    assert isinstance(delta, LowRankDelta)
+    assert delta.shape == (32, 8, 4, 2, 4)
+    assert delta.max_block_rank <= 3  # each ΔW kept as its rank-r factors
+    assert len(delta.matched) == 8 and delta.config["format"] == "cptensor_adapters"
+    oracle = lorta_oracle(m, delta.shape)
+    assert np.abs(oracle).max() > 0.01  # a non-identity init: the comparison means something
+    np.testing.assert_allclose(delta.to_dense(), oracle, rtol=1e-5, atol=1e-6)
+    # the pairs themselves are the per-target updates, in Linear orientation
+    dw = cpa.delta_weights(m)
+    for layer, mat, target in delta.matched:
+        b, a = delta.pairs[(layer, mat)]
+        np.testing.assert_allclose(b @ a, dw[target].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_lorta_adapter_is_its_own_cp_tensor(tiny, tmp_path):
+    from cptensor import reconstruct
+
+    m = cpa.attach(tiny("bert"), cpa.AdapterConfig(r=2, alpha=4, init="random", seed=1))
+    delta = extract_adapter_delta(_saved(m, tmp_path))
+    np.testing.assert_allclose(
+        delta.to_dense(), reconstruct(cpa.as_cp(m)).numpy(), rtol=1e-5, atol=1e-6
+    )
+    rep = cpa.analyze_delta(delta, [2], n_starts=1, max_iter=200)
+    assert rep.cp_rows[0]["energy"] > 0.999  # a rank-2 LoRTA adapter has CP rank <= 2
+    assert all(p["numerical"] <= 2 for p in rep.profile_rows)
+
+
+def test_head_split_subset_of_targets_and_layers(tiny, tmp_path):
+    """Targets on some matrices and one layer, Q's heads on its input side, float64 factors:
+    the delta tensor is still arranged canonically, with zero blocks elsewhere."""
+    cfg = cpa.AdapterConfig(
+        r=2,
+        init="random",
+        targets=r".*layer\.1\.attention\.(self\.query|output\.dense)",
+        head_split={"q": "in"},
+        factor_dtype="float64",
+        seed=2,
+    )
+    m = cpa.attach(tiny("bert"), cfg)
+    path = _saved(m, tmp_path)
+    delta = extract_adapter_delta(path)
+    assert delta.shape == (32, 8, 4, 2, 4)  # layer 0 appears from the layer numbering
+    assert sorted(delta.pairs) == [(1, "O"), (1, "Q")]
+    assert delta.pairs[(1, "Q")][0].dtype == np.float64
+    dense = delta.to_dense()
+    np.testing.assert_allclose(dense, lorta_oracle(m, delta.shape), rtol=1e-9, atol=1e-12)
+    assert not dense[..., 0, :].any() and not dense[..., 1, 1:3].any()
+    # a base config with more layers extends the layer mode with zero blocks
+    base_cfg = tiny("bert").config.to_dict() | {"num_hidden_layers": 4}
+    assert extract_adapter_delta(path, base_cfg).shape == (32, 8, 4, 4, 4)
+
+
+def test_mlp_targets_and_modules_to_save_are_left_out(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(
+        BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    )
+    cfg = cpa.AdapterConfig(
+        r=2,
+        init="random",
+        targets=["q", "v", "intermediate.dense"],
+        modules_to_save=["classifier"],
+    )
+    m = cpa.attach(model, cfg)
+    delta = extract_adapter_delta(_saved(m, tmp_path))
+    assert sorted(delta.pairs) == [(0, "Q"), (0, "V"), (1, "Q"), (1, "V")]
+    notes = " ".join(delta.notes)
+    assert "other than Q, K, V, O" in notes and "modules_to_save" in notes
+    np.testing.assert_allclose(delta.to_dense(), lorta_oracle(m, delta.shape), rtol=1e-5, atol=1e-6)
+
+
+def test_grouped_query_attention(tiny, tmp_path):
+    with pytest.raises(ValueError, match="grouped-query attention"):
+        extract_adapter_delta(_saved(cpa.attach(tiny("llama"), cpa.AdapterConfig()), tmp_path))
+    # Q and O alone fit the grid (K and V are zero blocks)
+    m = cpa.attach(tiny("llama"), cpa.AdapterConfig(r=2, init="random", targets=["q", "o"]))
+    delta = extract_adapter_delta(_saved(m, tmp_path / "qo"))
+    np.testing.assert_allclose(delta.to_dense(), lorta_oracle(m, delta.shape), rtol=1e-5, atol=1e-6)
+
+
+def test_peft_directory_still_read(tiny, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    base = tiny("bert")
+    pm = get_peft_model(
+        copy.deepcopy(base), LoraConfig(r=2, target_modules=["query"], init_lora_weights=False)
+    )
+    pm.save_pretrained(tmp_path)
+    delta = extract_adapter_delta(tmp_path, base.config)
+    ref = extract_lora_delta(tmp_path, base.config)
+    np.testing.assert_array_equal(delta.to_dense(), ref.to_dense())
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"\x00garbage")
+    for read in (extract_adapter_delta, extract_lora_delta):
+        with pytest.raises(ValueError, match="not a readable safetensors file"):
+            read(tmp_path, base.config)
+
+
+@pytest.fixture
+def saved_bert(tiny, tmp_path):
+    m = cpa.attach(tiny("bert"), cpa.AdapterConfig(r=2, init="random"))
+    return _saved(m, tmp_path / "adapter")
+
+
+def _edit_config(path, fn):
+    f = path / "adapter_config.json"
+    meta = json.loads(f.read_text())
+    f.write_text(json.dumps(fn(meta)))
+
+
+def test_bad_directories(saved_bert, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        extract_adapter_delta(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"lacks adapter_config\.json"):
+        extract_adapter_delta(tmp_path / "empty")
+    cfg = saved_bert / "adapter_config.json"
+    good = cfg.read_text()
+    for text, pattern in (
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "holds a JSON list"),
+        ('{"r": 8}', "unknown adapter format"),
+        ('{"format": "other_lib"}', "unknown adapter format.*'other_lib'"),
+    ):
+        cfg.write_text(text)
+        with pytest.raises(ValueError, match=pattern):
+            extract_adapter_delta(saved_bert)
+    cfg.write_text(good)
+    with pytest.raises(ValueError, match="read it with extract_adapter_delta"):
+        extract_lora_delta(saved_bert)
+    with pytest.raises(ValueError, match="base_config: attention heads 8"):
+        extract_adapter_delta(saved_bert, {"num_attention_heads": 8})
+    with pytest.raises(ValueError, match="base_config: 1 layers"):
+        extract_adapter_delta(saved_bert, {"num_hidden_layers": 1})
+
+
+def test_inconsistent_config(saved_bert):
+    def version(meta):
+        return meta | {"format_version": 99}
+
+    def no_grid(meta):
+        return {k: v for k, v in meta.items() if k != "grid"}
+
+    def bad_field(meta):
+        return meta | {"config": meta["config"] | {"r": 0}}
+
+    def other_groups(meta):
+        return meta | {"groups": meta["groups"] + meta["groups"]}
+
+    original = (saved_bert / "adapter_config.json").read_text()
+    for edit, pattern in (
+        (version, "format_version 99"),
+        (no_grid, "missing 'grid'"),
+        (bad_field, "r: expected an integer"),
+        (other_groups, "'groups' disagree"),
+    ):
+        (saved_bert / "adapter_config.json").write_text(original)
+        _edit_config(saved_bert, edit)
+        with pytest.raises(ValueError, match=pattern):
+            extract_adapter_delta(saved_bert)
+
+
+def test_corrupt_or_mismatched_weights(saved_bert):
+    w = saved_bert / "adapter_model.safetensors"
+    tensors = load_file(str(w))
+    save_file({**tensors, "groups.0.layer": torch.zeros(3, 2)}, str(w))
+    with pytest.raises(ValueError, match=r"'groups\.0\.layer' has shape \(3, 2\).*\(2, 2\)"):
+        extract_adapter_delta(saved_bert)
+    save_file({k: v for k, v in tensors.items() if k != "groups.0.head"}, str(w))
+    with pytest.raises(ValueError, match=r"'groups\.0\.head' is missing"):
+        extract_adapter_delta(saved_bert)
+    save_file({**tensors, "groups.1.out": torch.zeros(2, 2)}, str(w))
+    with pytest.raises(ValueError, match="unexpected tensors"):
+        extract_adapter_delta(saved_bert)
+    w.write_bytes(b"definitely not safetensors")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        extract_adapter_delta(saved_bert)
+    w.unlink()
+    with pytest.raises(FileNotFoundError, match=r"lacks adapter_model\.safetensors"):
+        extract_adapter_delta(saved_bert)
