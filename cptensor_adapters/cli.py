@@ -184,10 +184,12 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         "weights": np.asarray(res.cp.weights).tolist(),
     }
     if args.out:
+        from ._files import atomic_savez
+
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         arrays = {f"factor_{n}": np.asarray(f) for n, f in enumerate(res.cp.factors)}
-        np.savez(
+        out = atomic_savez(
             out,
             weights=np.asarray(res.cp.weights),
             **arrays,
@@ -199,7 +201,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         f"rank-{args.rank} CP of a {x.shape} tensor: fit {res.fit:.6f} (relative error "
         f"{res.rel_error:.3e}), {res.n_iter} iterations, {res.seconds:.2f} s; "
         f"{res.stop_reason}"
-        + (f"\nwrote {args.out} (weights, factor_0..factor_{x.ndim - 1})" if args.out else "")
+        + (f"\nwrote {payload['out']} (weights, factor_0..factor_{x.ndim - 1})" if args.out else "")
     )
     _emit(args, payload, text)
     return 0
@@ -226,8 +228,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "sweep.json").write_text(sw.to_json(indent=2))
-        sw.plot().savefig(out / "sweep.png", dpi=110)
+        from ._files import atomic_savefig, atomic_write_text
+
+        atomic_write_text(out / "sweep.json", sw.to_json(indent=2))
+        atomic_savefig(sw.plot(), out / "sweep.png", dpi=110)
         payload["out"] = str(out)
     cols = ["rank", "best_fit", "fit_spread", "core_consistency", "stability", "degeneracy"]
     lines = [

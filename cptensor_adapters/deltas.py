@@ -1410,10 +1410,12 @@ class DeltaReport:
         """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "report.json").write_text(json.dumps(self.to_dict(), indent=2))
-        (out / "report.md").write_text(self.markdown())
+        from ._files import atomic_savefig, atomic_write_text
+
+        atomic_write_text(out / "report.json", json.dumps(self.to_dict(), indent=2))
+        atomic_write_text(out / "report.md", self.markdown())
         for name, fig in self.figures().items():
-            fig.savefig(out / name, dpi=110)
+            atomic_savefig(fig, out / name, dpi=110)
         return out
 
 

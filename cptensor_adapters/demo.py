@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from ._files import atomic_savefig, atomic_write_text
+
 __all__ = ["DEMO_METHODS", "DemoMethod", "run_demo"]
 
 
@@ -348,7 +350,7 @@ def run_demo(
         "delta_analysis": None if report is None else report.to_dict(),
         "seconds": time.perf_counter() - t_all,
     }
-    (out / "report.json").write_text(json.dumps(_clean(summary), indent=2))
+    atomic_write_text(out / "report.json", json.dumps(_clean(summary), indent=2))
     md = [
         "# cptensor demo: LoRA and LoRTA on MiniLM-L6",
         "",
@@ -381,7 +383,7 @@ def run_demo(
             .replace("\n## ", "\n### ")
         )
     md.append(f"\nTotal time: {summary['seconds']:.0f} s.\n")
-    (out / "report.md").write_text("\n".join(md))
+    atomic_write_text(out / "report.md", "\n".join(md))
     say(f"Wrote {out}/report.md, report.json and the figures ({summary['seconds']:.0f} s in all).")
     return _clean(summary)
 
@@ -415,7 +417,7 @@ def _plot_losses(results: dict[str, Any], out: Path) -> None:
     ax.set_title("Fine-tuning MiniLM-L6")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.savefig(out / "training_loss.png", dpi=110)
+    atomic_savefig(fig, out / "training_loss.png", dpi=110)
 
 
 def _clean(v: Any) -> Any:

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .io import atomic_save_safetensors, atomic_write_bytes
+from ._files import atomic_write_bytes
+from .io import atomic_save_safetensors
 from .model import _require_adapter
 from .modules import iter_adapter_layers, iter_save_wrappers
 
