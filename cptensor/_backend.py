@@ -58,6 +58,13 @@ def namespace(*arrays: Array, names: Sequence[str] | None = None) -> Any:
     ) from None
 
 
+def is_floating(x: Array) -> bool:
+    """True when ``x`` has a real floating dtype (NumPy kind ``"f"``, or a torch float)."""
+    if is_torch(x):
+        return bool(x.dtype.is_floating_point)
+    return np.dtype(x.dtype).kind == "f"
+
+
 def device(x: Array) -> Any:
     """The device of ``x`` (``"cpu"`` for NumPy)."""
     return array_api_compat.device(x)

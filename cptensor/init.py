@@ -10,12 +10,21 @@ the target device, so the same seed gives the same factors on every backend and 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from ._backend import Array, device, is_array, is_torch, namespace, shape_tuple, to_numpy
+from ._backend import (
+    Array,
+    contiguous,
+    device,
+    is_array,
+    is_floating,
+    namespace,
+    shape_tuple,
+    to_numpy,
+)
 from .cp import CPTensor
 from .operator import is_operator
 
@@ -74,8 +83,32 @@ def _placement(like: Any, dtype: Any, dev: Any) -> tuple[Any, Any, Any]:
     return xp, dt, device(like) if dev is None else dev
 
 
-def _place(values: np.ndarray, xp: Any, dtype: Any, dev: Any) -> Array:
-    return xp.asarray(values, dtype=dtype, device=dev)
+def _seeded_factors(
+    draw: Callable[[np.random.Generator, int, int], np.ndarray],
+    shape: Any,
+    rank: Any,
+    like: Any,
+    dtype: Any,
+    dev: Any,
+    seed: Any,
+) -> CPTensor:
+    """Validate the arguments, then ``draw(rng, I_n, rank)`` each factor and place it."""
+    shape = _check_shape(shape)
+    rank = _check_rank(rank)
+    xp, dt, dev = _placement(like, dtype, dev)
+    rng = _rng(seed)
+    factors = [xp.asarray(draw(rng, s, rank), dtype=dt, device=dev) for s in shape]
+    return CPTensor(None, factors)
+
+
+def _with_random_unit_columns(rng: np.random.Generator, u: np.ndarray, rank: int) -> np.ndarray:
+    """``u`` (``size × k``) with ``rank − k`` random unit columns appended (``u`` if none)."""
+    size, k = u.shape
+    if rank <= k:
+        return u
+    extra = rng.standard_normal((size, rank - k))
+    extra /= np.linalg.norm(extra, axis=0, keepdims=True)
+    return np.concatenate([u, extra], axis=1)
 
 
 def random(
@@ -117,12 +150,12 @@ def random(
     >>> bool((init.random((3, 4, 5), 2, seed=0).factors[0] == cp.factors[0]).all())
     True
     """
-    shape = _check_shape(shape)
-    rank = _check_rank(rank)
-    xp, dt, dev = _placement(like, dtype, device)
-    rng = _rng(seed)
-    factors = [_place(rng.standard_normal((s, rank)), xp, dt, dev) for s in shape]
-    return CPTensor(None, factors)
+    return _seeded_factors(_normal_columns, shape, rank, like, dtype, device, seed)
+
+
+def _normal_columns(rng: np.random.Generator, size: int, rank: int) -> np.ndarray:
+    """``(size, rank)`` standard normal entries."""
+    return rng.standard_normal((size, rank))
 
 
 def _orthonormal_columns(rng: np.random.Generator, size: int, rank: int) -> np.ndarray:
@@ -130,11 +163,7 @@ def _orthonormal_columns(rng: np.random.Generator, size: int, rank: int) -> np.n
     k = min(size, rank)
     q, r = np.linalg.qr(rng.standard_normal((size, k)))
     q = q * np.where(np.diag(r) < 0, -1.0, 1.0)  # unique (sign-fixed) QR
-    if rank > k:
-        extra = rng.standard_normal((size, rank - k))
-        extra /= np.linalg.norm(extra, axis=0, keepdims=True)
-        q = np.concatenate([q, extra], axis=1)
-    return q
+    return _with_random_unit_columns(rng, q, rank)
 
 
 def orthogonal(
@@ -160,12 +189,7 @@ def orthogonal(
     >>> bool(np.allclose(a.T @ a, np.eye(3)))
     True
     """
-    shape = _check_shape(shape)
-    rank = _check_rank(rank)
-    xp, dt, dev = _placement(like, dtype, device)
-    rng = _rng(seed)
-    factors = [_place(_orthonormal_columns(rng, s, rank), xp, dt, dev) for s in shape]
-    return CPTensor(None, factors)
+    return _seeded_factors(_orthonormal_columns, shape, rank, like, dtype, device, seed)
 
 
 # -- SVD initialisation -------------------------------------------------------------------
@@ -314,30 +338,17 @@ def svd(x: Any, rank: int, *, seed: Seed = None) -> CPTensor:
         namespace(x, names=["x"])
         if x.ndim < 1:
             raise ValueError(f"x must have at least one mode, got shape {shape_tuple(x)}")
-        if not _is_floating(x):
+        if not is_floating(x):
             raise TypeError(f"x must have a floating dtype (float32/float64), got {x.dtype}")
         shape = shape_tuple(x)
         like = x
-        if is_torch(x) and not x.is_contiguous():
-            x = x.contiguous()
-        elif not is_torch(x):
-            x = np.ascontiguousarray(x)
+        x = contiguous(x)
         cols = [
             _leading_vectors_dense(x, mode, min(rank, size), rng) for mode, size in enumerate(shape)
         ]
     factors = []
     xp = namespace(like)
-    for size, u in zip(shape, cols):
-        u = _sign_fix(np.ascontiguousarray(u))
-        if rank > u.shape[1]:
-            extra = rng.standard_normal((size, rank - u.shape[1]))
-            extra /= np.linalg.norm(extra, axis=0, keepdims=True)
-            u = np.concatenate([u, extra], axis=1)
+    for u in cols:
+        u = _with_random_unit_columns(rng, _sign_fix(np.ascontiguousarray(u)), rank)
         factors.append(xp.asarray(u, dtype=like.dtype, device=device(like)))
     return CPTensor(None, factors)
-
-
-def _is_floating(x: Array) -> bool:
-    if is_torch(x):
-        return bool(x.dtype.is_floating_point)
-    return np.dtype(x.dtype).kind == "f"

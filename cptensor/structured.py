@@ -66,7 +66,7 @@ from ._backend import (
     shape_tuple,
 )
 from .cp import CPTensor
-from .products import _contract_rank_first, _khatri_rao, _mttkrp_one, kronecker
+from .products import _best_split, _contract_rank_first, _khatri_rao, _mttkrp_one, kronecker
 from .reconstruct import fix_modes, reconstruct
 
 __all__ = ["BlockTensor", "LowRankBlockTensor"]
@@ -385,14 +385,7 @@ class BlockTensor:
         self._dtype_arg = dtype
         self._probe: tuple[Any, Any] | None = None
         sizes = self._layout.block_sizes
-        self._k = (
-            min(
-                range(1, len(sizes)),
-                key=lambda k: math.prod(sizes[:k]) + math.prod(sizes[k:]),
-            )
-            if len(sizes) > 1
-            else 1
-        )
+        self._k = _best_split(sizes) if len(sizes) > 1 else 1
         if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, (int, np.integer)):
             raise TypeError(f"cache_bytes must be an int, got {type(cache_bytes).__name__}")
         self._cache_bytes = int(cache_bytes)

@@ -15,7 +15,7 @@ from .._backend import (
     device,
     float64_of,
     is_array,
-    is_torch,
+    is_floating,
     namespace,
     shape_tuple,
     validate_mode,
@@ -34,19 +34,6 @@ def eps_of(dtype: Any) -> float:
 
         return float(torch.finfo(dtype).eps)
     return float(np.finfo(np.dtype(dtype)).eps)
-
-
-def is_floating(x: Array) -> bool:
-    if is_torch(x):
-        return bool(x.dtype.is_floating_point)
-    return np.dtype(x.dtype).kind == "f"
-
-
-def contiguous(x: Array) -> Array:
-    """``x`` in row-major layout (itself when it already is); never changes backend/dtype."""
-    if is_torch(x):
-        return x.contiguous()
-    return np.ascontiguousarray(x)
 
 
 def check_rank(rank: Any, name: str = "rank") -> int:
@@ -129,6 +116,25 @@ def check_start(start: CPTensor, shape: tuple[int, ...], x: Any, name: str) -> N
         return
     namespace(x, start.factors[0], names=["x", name])
     check_same_device_dtype([x, start.factors[0]], ["x", f"{name}.factors[0]"])
+
+
+def resolve_start(
+    x: Any, shape: tuple[int, ...], rank: Any, init: Any, inits: Sequence[str]
+) -> tuple[CPTensor | None, int]:
+    """The given start (``rank`` or ``init`` as a CPTensor, checked against ``x``) or None
+    when ``init`` names one of ``inits``, and the rank to fit."""
+    if isinstance(rank, CPTensor):
+        check_start(rank, shape, x, "rank")
+        return rank, rank.rank
+    rank = check_rank(rank)
+    if isinstance(init, CPTensor):
+        check_start(init, shape, x, "init")
+        if init.rank != rank:
+            raise ValueError(f"init has rank {init.rank} but rank={rank}")
+        return init, rank
+    if not isinstance(init, str) or init not in inits:
+        raise ValueError(f"init must be one of {tuple(inits)} or a CPTensor, got {init!r}")
+    return None, rank
 
 
 def prepare_mask(x: Array, mask: Any) -> Array | None:

@@ -40,12 +40,11 @@ from ._common import (
     check_fixed_modes,
     check_int,
     check_nonneg_float,
-    check_rank,
-    check_start,
     check_tensor,
     eps_of,
     prepare_mask,
     progress_bar,
+    resolve_start,
     sum_squares64,
 )
 from ._solve import SolveLog, solve_normal
@@ -64,6 +63,12 @@ def _f64(xp: Any, a: Array) -> Array:
 
         return a if a.dtype == torch.float64 else float64_of(xp, a)
     return a if a.dtype == xp.float64 else float64_of(xp, a)
+
+
+def _observed_mean(xp: Any, masked: Array, x_obs: Array) -> float:
+    """The mean of the observed entries (``x_obs`` is zero where ``masked`` is False)."""
+    n_obs = int(xp.sum(xp.astype(masked, xp.int64)))
+    return float(xp.sum(_f64(xp, x_obs))) / n_obs
 
 
 # -- engines: where the MTTKRPs and residuals come from -----------------------------------
@@ -297,22 +302,9 @@ def fit_als(
     op = is_operator(x)
     shape, dtype = check_tensor(x)
     ndim = len(shape)
-    start: CPTensor | None = None
-    if isinstance(rank, CPTensor):
-        start = rank
-        check_start(start, shape, x, "rank")
-        if isinstance(init, CPTensor):
-            raise ValueError("give the start either as rank= or as init=, not both")
-    else:
-        rank = check_rank(rank)
-        if isinstance(init, CPTensor):
-            start = init
-            check_start(start, shape, x, "init")
-            if start.rank != rank:
-                raise ValueError(f"init has rank {start.rank} but rank={rank}")
-        elif not isinstance(init, str) or init not in _INITS:
-            raise ValueError(f"init must be one of {_INITS} or a CPTensor, got {init!r}")
-    R = start.rank if start is not None else int(rank)
+    start, R = resolve_start(x, shape, rank, init, _INITS)
+    if isinstance(rank, CPTensor) and isinstance(init, CPTensor):
+        raise ValueError("give the start either as rank= or as init=, not both")
     max_iter = check_int(max_iter, "max_iter", 0)
     tol = check_nonneg_float(tol, "tol")
     ridge = check_nonneg_float(ridge, "ridge")
@@ -399,8 +391,7 @@ def fit_als(
         mask_flat = xp.reshape(masked, (dense.left, dense.right))
         obs_flat = dense.flat
         # first sweep: missing entries at the mean of the observed ones
-        n_obs = int(xp.sum(xp.astype(masked, xp.int64)))
-        mean = float(xp.sum(_f64(xp, x_obs))) / n_obs
+        mean = _observed_mean(xp, masked, x_obs)
         fill = xp.where(mask_flat, obs_flat, xp.full_like(obs_flat, mean))
 
     def masked_loss(st: _State) -> tuple[float, Array]:
@@ -628,8 +619,7 @@ def _make_start(
         src = x
         if masked is not None:
             xp = namespace(x)
-            n_obs = int(xp.sum(xp.astype(masked, xp.int64)))
-            mean = float(xp.sum(_f64(xp, x_obs))) / n_obs
+            mean = _observed_mean(xp, masked, x_obs)
             src = xp.where(masked, x_obs, xp.full_like(x_obs, mean))
         return _init.svd(src, rank, seed=seed)
     maker = _init.random if init == "random" else _init.orthogonal

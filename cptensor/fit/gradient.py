@@ -20,11 +20,10 @@ from ._common import (
     check_callback,
     check_int,
     check_nonneg_float,
-    check_rank,
-    check_start,
     check_tensor,
     prepare_mask,
     progress_bar,
+    resolve_start,
 )
 from .result import CPFit, FitState
 
@@ -35,6 +34,7 @@ class _Stop(Exception):
     """Raised inside the L-BFGS closure when the callback asks to stop."""
 
 
+_INITS = ("svd", "random", "orthogonal")
 _OPTIMIZERS = ("lbfgs", "adam")
 _LOSSES = ("squared",)
 
@@ -139,21 +139,7 @@ def fit_gradient(
             "use fit_als for operators or pass x.to_dense()"
         )
     shape, _ = check_tensor(x)
-    start: CPTensor | None = None
-    if isinstance(rank, CPTensor):
-        start = rank
-        check_start(start, shape, x, "rank")
-    else:
-        rank = check_rank(rank)
-        if isinstance(init, CPTensor):
-            start = init
-            check_start(start, shape, x, "init")
-            if start.rank != rank:
-                raise ValueError(f"init has rank {start.rank} but rank={rank}")
-        elif init not in ("svd", "random", "orthogonal"):
-            raise ValueError(
-                f"init must be 'svd', 'random', 'orthogonal' or a CPTensor, got {init!r}"
-            )
+    start, rank = resolve_start(x, shape, rank, init, _INITS)
     if loss not in _LOSSES:
         raise ValueError(f"loss must be one of {_LOSSES}, got {loss!r}")
     if optimizer not in _OPTIMIZERS:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from fit_testutil import DenseOperator, planted, score, true_rel_error
 
+import cptensor as ct
 from cptensor.fit import CPFit, fit_gradient
 
 torch = pytest.importorskip("torch")
@@ -61,10 +62,19 @@ def test_zero_tensor():
     assert res.rel_error == 0.0 and "zero" in res.stop_reason
 
 
+def test_zero_tensor_with_start_as_rank():
+    # rank= given as a CPTensor: the zero result still has that start's rank.
+    start = ct.init.random((3, 4, 5), 2, seed=0)
+    res = fit_gradient(np.zeros((3, 4, 5)), start)
+    assert res.rel_error == 0.0 and "zero" in res.stop_reason
+    assert res.cp.rank == 2 and not res.cp.weights.any()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "exc"),
     [
         (dict(rank=0), ValueError),
+        (dict(rank=2, init="bogus"), ValueError),
         (dict(rank=2, loss="huber"), ValueError),
         (dict(rank=2, optimizer="sgd"), ValueError),
         (dict(rank=2, lr=0.0), ValueError),
