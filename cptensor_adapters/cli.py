@@ -26,11 +26,13 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .deltas import _clean
 
 __all__ = ["main", "parse_ranks"]
 
@@ -120,38 +122,29 @@ def _check_rank_range(ranks: Sequence[int], shape: Sequence[int]) -> None:
         )
 
 
+def _print_json(payload: Any) -> None:
+    """``payload`` as JSON on stdout (NumPy scalars as numbers, NaN and inf as null)."""
+    print(json.dumps(_clean(payload), indent=2))
+
+
 def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
     if args.json:
-        print(json.dumps(_jsonable(payload), indent=2))
+        _print_json(payload)
     elif not args.quiet:
         print(text)
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, (float, np.floating)):
-        f = float(v)
-        return f if math.isfinite(f) else None
-    if isinstance(v, np.integer):
-        return int(v)
-    if isinstance(v, np.bool_):
-        return bool(v)
-    return v
+def _progress(args: argparse.Namespace) -> bool:
+    """Whether to show progress (bars, stage lines): neither ``--json`` nor ``--quiet``."""
+    return not args.json and not args.quiet
 
 
-def _say(args: argparse.Namespace):
+def _say(args: argparse.Namespace) -> Callable[[str], None]:
     def say(line: str) -> None:
-        if not args.json and not args.quiet:
+        if _progress(args):
             print(line, file=sys.stderr, flush=True)
 
     return say
-
-
-def _progress(args: argparse.Namespace) -> bool:
-    return not args.json and not args.quiet
 
 
 # -- subcommands ------------------------------------------------------------------------
@@ -254,16 +247,6 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _analysis_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "n_starts": args.starts,
-        "seed": args.seed,
-        "max_iter": args.max_iter,
-        "progress": _progress(args),
-        "callback": _say(args),
-    }
-
-
 def _report_summary(rep: Any, out: Path) -> str:
     lines = [f"delta of shape {rep.shape} (d, d_h, H, L, M), norm {rep.norm:.4g}"]
     lines += [f"  {n}" for n in rep.notes]
@@ -278,8 +261,28 @@ def _report_summary(rep: Any, out: Path) -> str:
     return "\n".join(lines)
 
 
+def _analyze_and_report(args: argparse.Namespace, delta: Any, ranks: list[int], title: str) -> int:
+    """The end of ``analyze`` and ``analyze-adapter``: sweep, save the report, print it."""
+    from .deltas import analyze_delta
+
+    _check_rank_range(ranks, delta.shape)
+    rep = analyze_delta(
+        delta,
+        ranks,
+        n_starts=args.starts,
+        seed=args.seed,
+        max_iter=args.max_iter,
+        progress=_progress(args),
+        title=title,
+        callback=_say(args),
+    )
+    out = rep.save(args.out)
+    _emit(args, rep.to_dict() | {"out": str(out)}, _report_summary(rep, out))
+    return 0
+
+
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from .deltas import analyze_delta, extract_delta
+    from .deltas import extract_delta
 
     ranks = parse_ranks(args.ranks)
     for p in (args.base, args.tuned):
@@ -288,11 +291,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     say = _say(args)
     say(f"reading the attention weights of {args.base} and {args.tuned} (memory-mapped)")
     delta = extract_delta(args.base, args.tuned, grid=args.heads)
-    _check_rank_range(ranks, delta.shape)
-    rep = analyze_delta(delta, ranks, title="fine-tuned delta", **_analysis_kwargs(args))
-    out = rep.save(args.out)
-    _emit(args, rep.to_dict() | {"out": str(out)}, _report_summary(rep, out))
-    return 0
+    return _analyze_and_report(args, delta, ranks, "fine-tuned delta")
 
 
 def _adapter_title(config: dict[str, Any]) -> str:
@@ -308,7 +307,7 @@ def _adapter_title(config: dict[str, Any]) -> str:
 
 
 def _cmd_analyze_adapter(args: argparse.Namespace) -> int:
-    from .deltas import analyze_delta, extract_adapter_delta
+    from .deltas import extract_adapter_delta
 
     ranks = parse_ranks(args.ranks)
     if not Path(args.adapter_dir).exists():
@@ -316,12 +315,7 @@ def _cmd_analyze_adapter(args: argparse.Namespace) -> int:
     say = _say(args)
     say(f"reading the adapter in {args.adapter_dir} (format from adapter_config.json)")
     delta = extract_adapter_delta(args.adapter_dir, args.base_config)
-    _check_rank_range(ranks, delta.shape)
-    title = _adapter_title(delta.config)
-    rep = analyze_delta(delta, ranks, title=title, **_analysis_kwargs(args))
-    out = rep.save(args.out)
-    _emit(args, rep.to_dict() | {"out": str(out)}, _report_summary(rep, out))
-    return 0
+    return _analyze_and_report(args, delta, ranks, _adapter_title(delta.config))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -339,57 +333,66 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     if args.json:
-        print(json.dumps(_jsonable(result), indent=2))
+        _print_json(result)
     return 0
 
 
 # -- parser -----------------------------------------------------------------------------
-def _common(p: argparse.ArgumentParser, *, seed: bool = True) -> None:
+# Options that several subcommands share are declared once, by the functions below; each
+# subcommand calls them where its options should stand in its --help.
+def _common(p: argparse.ArgumentParser) -> None:
+    """``--json``, ``--quiet`` and ``--seed`` (every subcommand, last)."""
     p.add_argument(
         "--json", action="store_true", help="print the result as JSON on stdout (no progress bars)"
     )
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    if seed:
-        p.add_argument(
-            "--seed", type=int, default=0, help="seed of the random starts (default %(default)s)"
-        )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the random starts (default %(default)s)"
+    )
 
 
-def _fit_options(p: argparse.ArgumentParser, max_iter: int, tol: float) -> None:
+def _tensor_argument(p: argparse.ArgumentParser) -> None:
+    """The positional ``TENSOR.npy`` (``fit``, ``sweep``)."""
+    p.add_argument("tensor", metavar="TENSOR.npy", help="the tensor (numpy.save format)")
+
+
+def _sweep_options(p: argparse.ArgumentParser, *, ranks_help: str, starts: int) -> None:
+    """``--ranks`` and ``--starts`` (``sweep``, ``analyze``, ``analyze-adapter``)."""
+    p.add_argument("--ranks", default="1-8", metavar="RANKS", help=ranks_help)
+    p.add_argument("--starts", type=int, default=starts, help="fits per rank (default %(default)s)")
+
+
+def _fit_options(p: argparse.ArgumentParser, max_iter: int, tol: float | None = None) -> None:
+    """``--max-iter`` and, when ``tol`` is given, ``--tol``."""
     p.add_argument(
         "--max-iter",
         type=int,
         default=max_iter,
         help="ALS iterations per fit at most (default %(default)s)",
     )
-    p.add_argument(
-        "--tol",
-        type=float,
-        default=tol,
-        help="stop when the fit changes by less than this (default %(default)s)",
-    )
+    if tol is not None:
+        p.add_argument(
+            "--tol",
+            type=float,
+            default=tol,
+            help="stop when the fit changes by less than this (default %(default)s)",
+        )
 
 
 def _analysis_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``analyze`` and ``analyze-adapter`` after their positionals."""
     p.add_argument(
         "--out",
         required=True,
         metavar="DIR",
         help="directory for report.md, report.json and the PNG figures",
     )
-    p.add_argument(
-        "--ranks",
-        default="1-8",
-        metavar="RANKS",
-        help="CP ranks to sweep, e.g. 1-8 or 1,2,4,8,16 (default %(default)s)",
+    _sweep_options(
+        p,
+        ranks_help="CP ranks to sweep, e.g. 1-8 or 1,2,4,8,16 (default %(default)s)",
+        starts=2,
     )
-    p.add_argument("--starts", type=int, default=2, help="fits per rank (default %(default)s)")
-    p.add_argument(
-        "--max-iter",
-        type=int,
-        default=100,
-        help="ALS iterations per fit at most (default %(default)s)",
-    )
+    _fit_options(p, 100)
     _common(p)
 
 
@@ -458,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(cptensor.fit.fit_als) and report its fit; NaN entries "
         "are treated as missing.",
     )
-    f.add_argument("tensor", metavar="TENSOR.npy", help="the tensor (numpy.save format)")
+    _tensor_argument(f)
     f.add_argument("--rank", type=int, required=True, metavar="R", help="CP rank (>= 1)")
     f.add_argument(
         "--out",
@@ -484,14 +487,10 @@ def build_parser() -> argparse.ArgumentParser:
         "core consistency, stability, degeneracy and a "
         "recommended rank.",
     )
-    s.add_argument("tensor", metavar="TENSOR.npy", help="the tensor (numpy.save format)")
-    s.add_argument(
-        "--ranks",
-        default="1-8",
-        metavar="RANKS",
-        help="ranks to sweep, e.g. 1-8 or 1,2,4 (default %(default)s)",
+    _tensor_argument(s)
+    _sweep_options(
+        s, ranks_help="ranks to sweep, e.g. 1-8 or 1,2,4 (default %(default)s)", starts=5
     )
-    s.add_argument("--starts", type=int, default=5, help="fits per rank (default %(default)s)")
     s.add_argument(
         "--out",
         default=None,

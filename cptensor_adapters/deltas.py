@@ -84,67 +84,27 @@ MATRICES = ("Q", "K", "V", "O")
 LAYOUTS = ("lorta",)
 
 # -- recognising attention weights by name ---------------------------------------------------
-# Each pattern: regex with groups ``prefix`` and ``layer``, the matrix (or "QKV" for GPT-2's
-# fused projection) and whether the stored weight is transposed (Conv1D: in × out).
+
+
+def _weight_pattern(layers: str, module: str) -> re.Pattern[str]:
+    """``<prefix><layers>.<layer>.<module>.weight`` (regex pieces), with groups ``prefix``
+    and ``layer``."""
+    return re.compile(rf"^(?P<prefix>.*?){layers}\.(?P<layer>\d+)\.{module}\.weight$")
+
+
+# Each pattern: the naming scheme, the regex, the matrix (or "QKV" for GPT-2's fused
+# projection) and whether the stored weight is transposed (Conv1D: in × out).
 _PATTERNS: tuple[tuple[str, re.Pattern[str], str, bool], ...] = (
-    (
-        "bert",
-        re.compile(
-            r"^(?P<prefix>.*?)encoder\.layer\.(?P<layer>\d+)\.attention\.self\.query\.weight$"
-        ),
-        "Q",
-        False,
-    ),
-    (
-        "bert",
-        re.compile(
-            r"^(?P<prefix>.*?)encoder\.layer\.(?P<layer>\d+)\.attention\.self\.key\.weight$"
-        ),
-        "K",
-        False,
-    ),
-    (
-        "bert",
-        re.compile(
-            r"^(?P<prefix>.*?)encoder\.layer\.(?P<layer>\d+)\.attention\.self\.value\.weight$"
-        ),
-        "V",
-        False,
-    ),
-    (
-        "bert",
-        re.compile(
-            r"^(?P<prefix>.*?)encoder\.layer\.(?P<layer>\d+)\.attention\.output\.dense\.weight$"
-        ),
-        "O",
-        False,
-    ),
-    (
-        "llama",
-        re.compile(r"^(?P<prefix>.*?)layers\.(?P<layer>\d+)\.self_attn\.q_proj\.weight$"),
-        "Q",
-        False,
-    ),
-    (
-        "llama",
-        re.compile(r"^(?P<prefix>.*?)layers\.(?P<layer>\d+)\.self_attn\.k_proj\.weight$"),
-        "K",
-        False,
-    ),
-    (
-        "llama",
-        re.compile(r"^(?P<prefix>.*?)layers\.(?P<layer>\d+)\.self_attn\.v_proj\.weight$"),
-        "V",
-        False,
-    ),
-    (
-        "llama",
-        re.compile(r"^(?P<prefix>.*?)layers\.(?P<layer>\d+)\.self_attn\.o_proj\.weight$"),
-        "O",
-        False,
-    ),
-    ("gpt2", re.compile(r"^(?P<prefix>.*?)h\.(?P<layer>\d+)\.attn\.c_attn\.weight$"), "QKV", True),
-    ("gpt2", re.compile(r"^(?P<prefix>.*?)h\.(?P<layer>\d+)\.attn\.c_proj\.weight$"), "O", True),
+    ("bert", _weight_pattern(r"encoder\.layer", r"attention\.self\.query"), "Q", False),
+    ("bert", _weight_pattern(r"encoder\.layer", r"attention\.self\.key"), "K", False),
+    ("bert", _weight_pattern(r"encoder\.layer", r"attention\.self\.value"), "V", False),
+    ("bert", _weight_pattern(r"encoder\.layer", r"attention\.output\.dense"), "O", False),
+    ("llama", _weight_pattern("layers", r"self_attn\.q_proj"), "Q", False),
+    ("llama", _weight_pattern("layers", r"self_attn\.k_proj"), "K", False),
+    ("llama", _weight_pattern("layers", r"self_attn\.v_proj"), "V", False),
+    ("llama", _weight_pattern("layers", r"self_attn\.o_proj"), "O", False),
+    ("gpt2", _weight_pattern("h", r"attn\.c_attn"), "QKV", True),
+    ("gpt2", _weight_pattern("h", r"attn\.c_proj"), "O", True),
 )
 
 
@@ -287,6 +247,28 @@ def _find_geometry(
     return AttentionGeometry(family, next(iter(prefixes[family])), len(layers), d, n_heads, keys)
 
 
+def _update_geometry(
+    out_in: Mapping[str, tuple[int, int]],
+    n_heads: int | None,
+    what: str,
+    cfg: Mapping[str, Any],
+) -> AttentionGeometry:
+    """:func:`_find_geometry` of low-rank updates given as ``{weight key: (out, in)}``
+    (Linear orientation, as LoRA factors hold them; GPT-2's Conv1D keys are given their
+    stored ``(in, out)``). Matrices and layers without an update are zero blocks; the
+    layer count is at least the one ``cfg`` gives."""
+    names = {
+        k: (v[1], v[0]) if ".c_attn." in k or ".c_proj." in k else v for k, v in out_in.items()
+    }
+    return _find_geometry(
+        names,
+        n_heads,
+        what,
+        allow_missing=True,
+        n_layers=cfg.get("num_hidden_layers", cfg.get("n_layer")),
+    )
+
+
 def _heads_from_config(cfg: Mapping[str, Any]) -> int | None:
     for k in ("num_attention_heads", "n_head", "num_heads"):
         if k in cfg:
@@ -384,6 +366,14 @@ def _block_of(
     return np.ascontiguousarray(w.reshape(d, n_heads, dh).transpose(0, 2, 1))
 
 
+def _matrix_of(block: np.ndarray, m: int) -> np.ndarray:
+    """``ΔW`` (Linear storage, out × in) of a canonical ``(d, d_h, H)`` block of matrix
+    ``m``: the inverse of :func:`_block_of`."""
+    d, dh, n_heads = block.shape
+    w = block.transpose(0, 2, 1).reshape(d, n_heads * dh)
+    return w.T if m < 3 else w
+
+
 class DeltaTensor(BlockTensor):
     """The fine-tuned attention delta ``tuned − base`` as a lazily read LoRTA tensor.
 
@@ -439,11 +429,9 @@ class DeltaTensor(BlockTensor):
 
     def matrices(self) -> Iterator[tuple[int, str, Any]]:
         """``(layer, matrix name, ΔW)`` for every block, ΔW dense (out × in), one at a time."""
-        d, dh, H = self.shape[:3]
         for l in range(self.shape[3]):
             for m in range(4):
-                t = self._read_block((l, m)).transpose(0, 2, 1).reshape(d, H * dh)
-                yield l, MATRICES[m], (t.T if m < 3 else t)
+                yield l, MATRICES[m], _matrix_of(self._read_block((l, m)), m)
 
 
 class LowRankDelta(LowRankBlockTensor):
@@ -639,6 +627,23 @@ def _read_adapter_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _adapter_dir(path: str | os.PathLike[str], arg: str) -> Path:
+    """``path`` as a directory; FileNotFoundError naming the argument when it is not one."""
+    d = Path(path)
+    if not d.is_dir():
+        raise FileNotFoundError(f"{arg} {str(d)!r} is not a directory")
+    return d
+
+
+def _adapter_file(d: Path, name: str, arg: str, expected: str) -> Path:
+    """``d / name``; FileNotFoundError naming the argument and what was ``expected`` when
+    that file is missing."""
+    p = d / name
+    if not p.is_file():
+        raise FileNotFoundError(f"{arg} {str(d)!r} lacks {name}; expected {expected}")
+    return p
+
+
 def _is_own_format(acfg: Mapping[str, Any]) -> bool:
     """Whether an ``adapter_config.json`` was written by :func:`cptensor_adapters.save_adapter`."""
     from .io import FORMAT
@@ -718,16 +723,10 @@ def extract_lora_delta(
     >>> delta.shape, sorted({name for _, name in delta.pairs})
     ((16, 4, 4, 2, 4), ['Q', 'V'])
     """
-    d = Path(peft_adapter_dir)
-    if not d.is_dir():
-        raise FileNotFoundError(f"peft_adapter_dir {str(d)!r} is not a directory")
-    cfg_path, w_path = d / "adapter_config.json", d / "adapter_model.safetensors"
-    for p in (cfg_path, w_path):
-        if not p.is_file():
-            raise FileNotFoundError(
-                f"peft_adapter_dir {str(d)!r} lacks {p.name}; expected a "
-                "PEFT LoRA adapter saved with save_pretrained"
-            )
+    d = _adapter_dir(peft_adapter_dir, "peft_adapter_dir")
+    expected = "a PEFT LoRA adapter saved with save_pretrained"
+    cfg_path = _adapter_file(d, "adapter_config.json", "peft_adapter_dir", expected)
+    w_path = _adapter_file(d, "adapter_model.safetensors", "peft_adapter_dir", expected)
     acfg = _read_adapter_json(cfg_path)
     if _is_own_format(acfg):
         raise ValueError(
@@ -757,18 +756,9 @@ def extract_lora_delta(
         if set(parts) != {"A", "B"}:
             raise ValueError(f"{w_path}: {module} has lora_{next(iter(parts))} only")
         a, b = parts["A"], parts["B"]
+        # GPT-2 Conv1D LoRA still stores A (r, in) and B (out, r) in Linear orientation.
         shapes[module + ".weight"] = (b.shape[0], a.shape[1])
-    # GPT-2 Conv1D LoRA still stores A (r, in) and B (out, r) in Linear orientation.
-    names = {
-        k: (v[1], v[0]) if ".c_attn." in k or ".c_proj." in k else v for k, v in shapes.items()
-    }
-    geo = _find_geometry(
-        names,
-        _heads_from_config(cfg),
-        "adapter",
-        allow_missing=True,
-        n_layers=cfg.get("num_hidden_layers", cfg.get("n_layer")),
-    )
+    geo = _update_geometry(shapes, _heads_from_config(cfg), "adapter", cfg)
     ranks = acfg.get("rank_pattern") or {}
     alphas = acfg.get("alpha_pattern") or {}
     pairs: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
@@ -855,23 +845,19 @@ def extract_adapter_delta(
     """
     from .io import ADAPTER_CONFIG, ADAPTER_WEIGHTS, FORMAT
 
-    d = Path(adapter_dir)
-    if not d.is_dir():
-        raise FileNotFoundError(f"adapter_dir {str(d)!r} is not a directory")
-    cfg_path = d / ADAPTER_CONFIG
-    if not cfg_path.is_file():
-        raise FileNotFoundError(
-            f"adapter_dir {str(d)!r} lacks {ADAPTER_CONFIG}; expected a PEFT LoRA adapter "
-            "(PeftModel.save_pretrained) or a cptensor_adapters adapter (save_adapter)"
-        )
+    d = _adapter_dir(adapter_dir, "adapter_dir")
+    cfg_path = _adapter_file(
+        d,
+        ADAPTER_CONFIG,
+        "adapter_dir",
+        "a PEFT LoRA adapter (PeftModel.save_pretrained) or a cptensor_adapters adapter "
+        "(save_adapter)",
+    )
     meta = _read_adapter_json(cfg_path)
     if _is_own_format(meta):
-        w_path = d / ADAPTER_WEIGHTS
-        if not w_path.is_file():
-            raise FileNotFoundError(
-                f"adapter_dir {str(d)!r} lacks {ADAPTER_WEIGHTS}; expected the two files "
-                "written by save_adapter"
-            )
+        w_path = _adapter_file(
+            d, ADAPTER_WEIGHTS, "adapter_dir", "the two files written by save_adapter"
+        )
         return _cp_adapter_delta(cfg_path, w_path, meta, base_config)
     if "peft_type" in meta:
         return extract_lora_delta(d, base_config)
@@ -1136,7 +1122,7 @@ def lora_delta_from_model(
     """
     cfg = getattr(model, "config", None)
     cfgd = cfg.to_dict() if hasattr(cfg, "to_dict") else {}
-    names_shapes: dict[str, tuple[int, ...]] = {}
+    out_in: dict[str, tuple[int, int]] = {}
     factors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name, mod in model.named_modules():
         ba = None
@@ -1155,18 +1141,10 @@ def lora_delta_from_model(
             continue
         key = name.removeprefix("base_model.model.") + ".weight"
         factors[key] = ba
-        out_in = (ba[0].shape[0], ba[1].shape[1])
-        fused = ".c_attn." in key or ".c_proj." in key  # Conv1D names: shapes given in × out
-        names_shapes[key] = out_in[::-1] if fused else out_in
+        out_in[key] = (ba[0].shape[0], ba[1].shape[1])
     if not factors:
         raise ValueError(f"model has no adapter {adapter!r} on any module")
-    geo = _find_geometry(
-        names_shapes,
-        n_heads or _heads_from_config(cfgd),
-        "model",
-        allow_missing=True,
-        n_layers=cfgd.get("num_hidden_layers", cfgd.get("n_layer")),
-    )
+    geo = _update_geometry(out_in, n_heads or _heads_from_config(cfgd), "model", cfgd)
     pairs = {}
     for (l, m), (key, _, sl) in geo.keys.items():
         b, a = factors[key]
@@ -1532,17 +1510,7 @@ def analyze_delta(
     else:
         x = np.asarray(delta)
         mats = (
-            (
-                l,
-                MATRICES[m] if M == 4 else str(m),
-                (
-                    lambda b, m=m: (
-                        b.transpose(0, 2, 1).reshape(d, H * dh).T
-                        if m < 3
-                        else b.transpose(0, 2, 1).reshape(d, H * dh)
-                    )
-                )(x[..., l, m]),
-            )
+            (l, MATRICES[m] if M == 4 else str(m), _matrix_of(x[..., l, m], m))
             for l in range(L)
             for m in range(M)
         )

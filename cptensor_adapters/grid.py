@@ -300,18 +300,9 @@ class WeightGrid:
             ['hidden_size: file 2, model 4', "target 'w': in_features file 3, model 4"]
         """
         la, lb = labels
-        out: list[str] = []
-        for attr in (
-            "architecture",
-            "hidden_size",
-            "num_heads",
-            "num_kv_heads",
-            "head_dim",
-            "num_layers",
-        ):
-            va, vb = getattr(self, attr), getattr(other, attr)
-            if va != vb:
-                out.append(f"{attr}: {la} {va}, {lb} {vb}")
+        out = [
+            f"{attr}: {la} {va}, {lb} {vb}" for attr, va, vb in _changed(self, other, _GRID_FIELDS)
+        ]
         names_a = [t.name for t in self.targets]
         names_b = [t.name for t in other.targets]
         only_a = [n for n in names_a if n not in other._by_name]
@@ -324,19 +315,10 @@ class WeightGrid:
             u = other._by_name.get(t.name)
             if u is None:
                 continue
-            for attr in (
-                "layer",
-                "matrix",
-                "in_features",
-                "out_features",
-                "heads",
-                "head_dim",
-                "storage",
-                "out_offset",
-            ):
-                va, vb = getattr(t, attr), getattr(u, attr)
-                if va != vb:
-                    out.append(f"target {t.name!r}: {attr} {la} {va}, {lb} {vb}")
+            out += [
+                f"target {t.name!r}: {attr} {la} {va}, {lb} {vb}"
+                for attr, va, vb in _changed(t, u, _TARGET_FIELDS)
+            ]
         return out
 
     # ---------------------------------------------------------------- discovery
@@ -579,8 +561,7 @@ class WeightGrid:
                     f"{t.matrix!r}; name targets so that each (layer, matrix) is one weight"
                 )
             seen[key] = t.name
-        rank = {m: i for i, m in enumerate(ATTENTION_ROLES)}
-        found.sort(key=lambda t: (t.layer, rank.get(t.matrix, len(rank)), t.matrix))
+        found.sort(key=lambda t: (t.layer, *_matrix_order(t.matrix)))
         has_heads = any(t.heads for t in found)
         return cls(
             architecture=arch if has_heads else "custom",
@@ -592,6 +573,34 @@ class WeightGrid:
         )
 
 
+# What WeightGrid.differences compares: of the two grids, and of each target both have.
+_GRID_FIELDS = (
+    "architecture",
+    "hidden_size",
+    "num_heads",
+    "num_kv_heads",
+    "head_dim",
+    "num_layers",
+)
+_TARGET_FIELDS = (
+    "layer",
+    "matrix",
+    "in_features",
+    "out_features",
+    "heads",
+    "head_dim",
+    "storage",
+    "out_offset",
+)
+
+
+def _changed(a: Any, b: Any, attrs: Sequence[str]) -> list[tuple[str, Any, Any]]:
+    """``(attribute, value in a, value in b)`` for each of ``attrs`` on which ``a`` and ``b``
+    differ, in the order of ``attrs``."""
+    values = ((attr, getattr(a, attr), getattr(b, attr)) for attr in attrs)
+    return [(attr, va, vb) for attr, va, vb in values if va != vb]
+
+
 def _fused_roles(path: str, mod: nn.Module) -> tuple[str, ...]:
     for suffix, fused in _FUSED.items():
         if _suffix_match(path, suffix) and _is_conv1d(mod):
@@ -599,10 +608,14 @@ def _fused_roles(path: str, mod: nn.Module) -> tuple[str, ...]:
     return ()
 
 
+def _matrix_order(matrix: str) -> tuple[int, str]:
+    """Sort key of matrix names: the attention roles q, k, v, o first, then by name."""
+    rank = ATTENTION_ROLES.index(matrix) if matrix in ATTENTION_ROLES else len(ATTENTION_ROLES)
+    return rank, matrix
+
+
 def _ordered_matrices(names: Iterator[str] | Sequence[str]) -> tuple[str, ...]:
-    distinct = list(dict.fromkeys(names))
-    rank = {m: i for i, m in enumerate(ATTENTION_ROLES)}
-    return tuple(sorted(distinct, key=lambda m: (rank.get(m, len(rank)), m)))
+    return tuple(sorted(dict.fromkeys(names), key=_matrix_order))
 
 
 def _suffixes(paths: Sequence[str]) -> list[str]:

@@ -23,7 +23,14 @@ from torch import nn
 from ._files import atomic_write_bytes
 from .config import AdapterConfig
 from .grid import WeightGrid
-from .model import _check_name, _require_adapter, _store, _update_requires_grad, attach
+from .model import (
+    _check_name,
+    _grid_for,
+    _require_adapter,
+    _store,
+    _update_requires_grad,
+    attach,
+)
 from .modules import iter_save_wrappers
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "FORMAT", "load_adapter", "save_adapter"]
@@ -49,17 +56,25 @@ def atomic_save_safetensors(
         raise
 
 
-def _adapter_tensors(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
+def _adapter_parameters(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
+    """The tensors of adapter ``name`` under their keys in ``adapter_model.safetensors``:
+    the shared factors (``groups.<i>.<mode>``) and the ``modules_to_save`` copies
+    (``modules_to_save.<module path>.<parameter>``), the model's own, not copies."""
     adapter = _require_adapter(model, name)
     tensors: dict[str, torch.Tensor] = {}
     for i, g in enumerate(adapter.groups):
         for mode, p in g.factors.items():
-            tensors[f"groups.{i}.{mode}"] = p.detach().contiguous().cpu()
+            tensors[f"groups.{i}.{mode}"] = p
     for path, w in iter_save_wrappers(model):
         if name in w.modules_to_save:
-            for pn, p in w.modules_to_save[name].state_dict().items():
-                tensors[f"modules_to_save.{path}.{pn}"] = p.detach().contiguous().cpu()
+            for pn, p in w.modules_to_save[name].state_dict(keep_vars=True).items():
+                tensors[f"modules_to_save.{path}.{pn}"] = p
     return tensors
+
+
+def _adapter_tensors(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
+    """What :func:`save_adapter` writes: :func:`_adapter_parameters`, detached, on the CPU."""
+    return {k: p.detach().contiguous().cpu() for k, p in _adapter_parameters(model, name).items()}
 
 
 def save_adapter(model: nn.Module, path: str | os.PathLike[str], name: str = "default") -> Path:
@@ -170,14 +185,7 @@ def load_adapter(
             f"name: the model already has an adapter {name!r}; pass name= to load under another"
         )
     try:
-        grid = WeightGrid.from_model(
-            model,
-            config.targets,
-            roles=config.roles,
-            num_heads=config.num_heads,
-            num_kv_heads=config.num_kv_heads,
-            head_dim=config.head_dim,
-        )
+        grid = _grid_for(model, config)
     except ValueError as exc:
         raise ValueError(
             f"model: cannot map the adapter in {directory} onto this model ({exc})"
@@ -208,15 +216,7 @@ def load_adapter(
 
 @torch.no_grad()
 def _copy_into(model: nn.Module, name: str, tensors: dict[str, torch.Tensor], where: Path) -> None:
-    adapter = _require_adapter(model, name)
-    expected: dict[str, torch.Tensor] = {}
-    for i, g in enumerate(adapter.groups):
-        for mode, p in g.factors.items():
-            expected[f"groups.{i}.{mode}"] = p
-    for path, w in iter_save_wrappers(model):
-        if name in w.modules_to_save:
-            for pn, p in w.modules_to_save[name].state_dict(keep_vars=True).items():
-                expected[f"modules_to_save.{path}.{pn}"] = p
+    expected = _adapter_parameters(model, name)
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing or extra:

@@ -92,6 +92,19 @@ def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+def _grid_for(model: nn.Module, config: AdapterConfig) -> WeightGrid:
+    """The weight grid of ``model`` that ``config`` targets (its targets, roles and head
+    geometry)."""
+    return WeightGrid.from_model(
+        model,
+        config.targets,
+        roles=config.roles,
+        num_heads=config.num_heads,
+        num_kv_heads=config.num_kv_heads,
+        head_dim=config.head_dim,
+    )
+
+
 def _update_requires_grad(model: nn.Module, store: FactorStore) -> None:
     store.set_trainable()
     for _, w in iter_save_wrappers(model):
@@ -146,14 +159,7 @@ def attach(
             f"name: the model already has an adapter {name!r}; pick another name or "
             "remove_adapter(model, name) first"
         )
-    grid = WeightGrid.from_model(
-        model,
-        config.targets,
-        roles=config.roles,
-        num_heads=config.num_heads,
-        num_kv_heads=config.num_kv_heads,
-        head_dim=config.head_dim,
-    )
+    grid = _grid_for(model, config)
     plans = plan_groups(grid, config.resolved_layout, config.head_split)
     modules = dict(iter_weight_modules(model))
     weights = [modules[m].weight for m in grid.modules]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -10,21 +12,24 @@ LAYOUTS = ("lorta", "lora", "layer_shared")
 VOCAB = 100
 
 
+def bert_config(**overrides: Any) -> Any:
+    """The tiny BERT geometry (hidden 32, 2 layers, 4 heads) as a ``BertConfig``, with
+    ``overrides`` (e.g. ``num_labels=3``, ``hidden_size=48``)."""
+    import transformers
+
+    sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    return transformers.BertConfig(**(sizes | {"vocab_size": VOCAB} | overrides))
+
+
 def build_tiny(arch: str, seed: int = 0) -> nn.Module:
     """A tiny random model (2 layers, hidden 32, 4 heads; Llama with 2 KV heads), eval mode."""
     import transformers
 
     torch.manual_seed(seed)
     if arch == "bert":
-        cfg = transformers.BertConfig(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            vocab_size=VOCAB,
-            max_position_embeddings=64,
+        model = transformers.BertModel(
+            bert_config(max_position_embeddings=64), add_pooling_layer=False
         )
-        model = transformers.BertModel(cfg, add_pooling_layer=False)
     elif arch == "gpt2":
         cfg = transformers.GPT2Config(
             n_embd=32,

@@ -12,6 +12,8 @@ import torch
 import cptensor_adapters as cpa
 from cptensor_adapters import AdapterConfig, Layout
 
+from ._models import bert_config
+
 
 def test_config_json_round_trip():
     cfg = AdapterConfig(
@@ -95,29 +97,13 @@ def test_loading_into_other_geometry(tiny, tmp_path):
 
     m = cpa.attach(tiny("bert"), AdapterConfig(r=2))
     cpa.save_adapter(m, tmp_path)
-    wider = transformers.BertModel(
-        transformers.BertConfig(
-            hidden_size=48,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            vocab_size=100,
-        )
-    )
+    wider = transformers.BertModel(bert_config(hidden_size=48))
     with pytest.raises(
         ValueError,
         match=r"other geometry: hidden_size: file 32, model 48; head_dim: file 8, model 12",
     ):
         cpa.load_adapter(wider, tmp_path)
-    deeper = transformers.BertModel(
-        transformers.BertConfig(
-            hidden_size=32,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            intermediate_size=64,
-            vocab_size=100,
-        )
-    )
+    deeper = transformers.BertModel(bert_config(num_hidden_layers=3))
     with pytest.raises(
         ValueError, match=r"num_layers: file 2, model 3; targets only in model: 'encoder.layer.2"
     ):

@@ -12,6 +12,7 @@ import transformers
 import cptensor_adapters as cpa
 from cptensor_adapters import AdapterConfig
 
+from ._models import bert_config
 from .conftest import dense_deltas_from_factors, hidden, perturb_
 
 
@@ -60,15 +61,7 @@ def test_lora_layout_counts_like_lora(tiny):
 # ---------------------------------------------------------------- modules_to_save
 def test_modules_to_save_classifier(tmp_path):
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        vocab_size=100,
-        num_labels=3,
-    )
-    base = transformers.BertForSequenceClassification(cfg).eval()
+    base = transformers.BertForSequenceClassification(bert_config(num_labels=3)).eval()
     ids = torch.randint(1, 100, (4, 6))
     logits0 = base(ids).logits
     m = cpa.attach(copy.deepcopy(base), AdapterConfig(r=2, modules_to_save=["classifier"]))
@@ -197,15 +190,7 @@ def test_torch_compile_inductor(tiny, ids):
 def test_hugging_face_trainer(tmp_path):
     pytest.importorskip("accelerate")
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        vocab_size=100,
-        num_labels=2,
-    )
-    model = transformers.BertForSequenceClassification(cfg)
+    model = transformers.BertForSequenceClassification(bert_config(num_labels=2))
     model = cpa.attach(model, AdapterConfig(r=2, modules_to_save=["classifier"]))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     g = torch.Generator().manual_seed(0)

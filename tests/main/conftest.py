@@ -12,6 +12,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[2]
 
+# What DeltaReport.save writes (the demo adds training_loss.png).
+REPORT_FILES = (
+    "report.md",
+    "report.json",
+    "rank_sweep.png",
+    "energy_vs_parameters.png",
+    "rank_profile.png",
+)
+
 
 def glue_dir() -> Path | None:
     """SST-2 from ``$CPTENSOR_GLUE_DIR`` or ``../shared/data/glue/SST-2`` beside the repo."""

@@ -17,6 +17,8 @@ from cptensor_adapters.deltas import (
     lowrank_delta_from_weights,
 )
 
+from .conftest import REPORT_FILES
+
 
 def _dense_lorta(base, tuned, prefix_t=""):
     """The LoRTA tensor of tuned − base computed directly from state dicts (the oracle)."""
@@ -193,13 +195,7 @@ def test_analyze_delta_report(tmp_path, tiny_bert_pair):
     e = rep.energy_table[-1]
     assert e["lora_svd_parameters"] <= e["lora_uniform_parameters"]
     rep.save(tmp_path)
-    for f in (
-        "report.md",
-        "report.json",
-        "rank_sweep.png",
-        "energy_vs_parameters.png",
-        "rank_profile.png",
-    ):
+    for f in REPORT_FILES:
         assert (tmp_path / f).stat().st_size > 0
     doc = json.loads((tmp_path / "report.json").read_text())
     assert doc["shape"] == [16, 4, 4, 2, 4] and len(doc["cp"]) == 3
