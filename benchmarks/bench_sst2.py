@@ -9,18 +9,22 @@ Methods: the head alone; PEFT LoRA r = 8 on Q and V (the paper's baseline); our
 ``"lora"`` layout r = 8 (every Q, K, V, O its own rank-8 matrix); LoRTA r = 8, 32, 64
 (one CP over out × in-per-head × head × layer × matrix).
 
-Learning rates come from one small sweep, the same for every method: each value of
-``SWEEP_GRID[method]`` is tried for ``SWEEP_STEPS`` steps with seed 0, scored on
-``SWEEP_HOLDOUT`` training sentences that are *not* in the training subset (the dev set
-is never used for the choice); the best is used for the full runs. ``--no-sweep`` uses
-``DEFAULT_LR`` instead (the values the sweep chose when the table in the docs was made).
-Alphas are fixed: PEFT LoRA and our ``"lora"`` use alpha = 2r (PEFT's customary scale of
-2), LoRTA uses ``LORTA_ALPHA`` (see below).
+Learning rates (and, for LoRTA, alphas) come from one small sweep, the same for every
+method: each pair in ``SWEEP_GRID[method] × SWEEP_ALPHA[method]`` is tried for
+``SWEEP_STEPS`` steps with seed 0, scored on ``SWEEP_HOLDOUT`` training sentences that are
+*not* in the training subset (the dev set is never used for the choice); the best is used
+for the full runs. PEFT LoRA and our ``"lora"`` keep alpha = 2r (PEFT's customary scale of
+2). LoRTA's alpha is swept because its update is a product of five factors, one of them
+zero at the start: how fast it grows depends on the scale far more than LoRA's does.
+``--no-sweep`` uses ``DEFAULT_LR`` and ``DEFAULT_ALPHA`` instead.
 
-Run: ``python -m benchmarks.bench_sst2 --glue-dir ../shared/data/glue/SST-2`` (about an
-hour on two CPU cores); ``--quick`` runs every code path with tiny budgets in about a
-minute. Under ``make bench`` (``python -m benchmarks``) the quick version runs unless
-``CPTENSOR_BENCH_SST2=full``.
+Batches group sentences of similar length (``GROUP_BY_LENGTH``, as Hugging Face's
+``group_by_length``), which cuts the padded tokens about threefold on SST-2's short phrases.
+
+Run: ``python -m benchmarks.bench_sst2 --glue-dir ../shared/data/glue/SST-2 --jobs 2``
+(about an hour on two CPU cores); ``--quick`` runs every code path with tiny budgets in
+about a minute. Under ``make bench`` (``python -m benchmarks``) the quick version runs
+unless ``CPTENSOR_BENCH_SST2=full``.
 """
 
 from __future__ import annotations
@@ -48,18 +52,29 @@ SWEEP_STEPS = 200
 SWEEP_HOLDOUT = 1_000  # training sentences outside the subset, used only by the sweep
 SEEDS_MANY = (0, 1, 2)
 GROUP_BY_LENGTH = True  # batches of similar length: ~3x less padding on SST-2 phrases
-LORTA_ALPHA = None  # None: the AdapterConfig default of cptensor_adapters
 
-SWEEP_GRID: dict[str, tuple[float, ...]] = {  # in the order the methods run
-    "PEFT LoRA r=8 (Q,V)": (5e-4, 1e-3, 2e-3),
-    "LoRTA r=8": (1e-3, 4e-3, 1e-2),
-    "LoRTA r=32": (1e-3, 4e-3, 1e-2),
-    "head only": (3e-3, 1e-2, 3e-2),
+SWEEP_GRID: dict[str, tuple[float, ...]] = {  # learning rates, in the order the methods run
+    "PEFT LoRA r=8 (Q,V)": (5e-4, 1e-3, 2e-3, 4e-3),
+    "LoRTA r=8": (1e-3, 4e-3, 1e-2, 2e-2),
+    "LoRTA r=32": (1e-3, 4e-3, 1e-2, 2e-2),
+    "head only": (3e-3, 1e-2, 3e-2, 1e-1),
     'ours "lora" r=8 (Q,K,V,O)': (5e-4, 1e-3, 2e-3),
-    "LoRTA r=64": (1e-3, 4e-3, 1e-2),
+    "LoRTA r=64": (1e-3, 4e-3, 1e-2, 2e-2),
+}
+LORTA_ALPHAS = (8.0, 32.0)  # 8: the AdapterConfig default
+# alpha (the update is scaled by alpha / r), swept jointly with the learning rate; LoRA
+# keeps PEFT's customary alpha = 2r; None: not applicable (no adapter).
+SWEEP_ALPHA: dict[str, tuple[float | None, ...]] = {
+    "PEFT LoRA r=8 (Q,V)": (16.0,),
+    "LoRTA r=8": LORTA_ALPHAS,
+    "LoRTA r=32": LORTA_ALPHAS,
+    "head only": (None,),
+    'ours "lora" r=8 (Q,K,V,O)': (16.0,),
+    "LoRTA r=64": LORTA_ALPHAS,
 }
 # Used with --no-sweep; the middle of each grid until a sweep result is copied here.
-DEFAULT_LR: dict[str, float] = {m: g[1] for m, g in SWEEP_GRID.items()}
+DEFAULT_LR: dict[str, float] = {m: g[len(g) // 2] for m, g in SWEEP_GRID.items()}
+DEFAULT_ALPHA: dict[str, float | None] = {m: g[len(g) // 2] for m, g in SWEEP_ALPHA.items()}
 SEEDS: dict[str, tuple[int, ...]] = {
     "head only": (0,),
     "PEFT LoRA r=8 (Q,V)": SEEDS_MANY,
@@ -82,9 +97,10 @@ class Run:
     seconds_per_step: float
     steps: int
     threads: int = 0  # torch threads used (timings depend on it and on the machine's load)
+    alpha: float | None = None
 
 
-def _build(method: str, seed: int) -> tuple[Any, Any, int, int]:
+def _build(method: str, seed: int, alpha: float | None) -> tuple[Any, Any, int, int]:
     """A fresh MiniLM with the method's trainable parameters; (model, tok, adapter, head)."""
     from cptensor_adapters.train import load_minilm
 
@@ -98,7 +114,7 @@ def _build(method: str, seed: int) -> tuple[Any, Any, int, int]:
 
         cfg = LoraConfig(
             r=8,
-            lora_alpha=16,
+            lora_alpha=alpha,
             lora_dropout=0.0,
             target_modules=["query", "value"],
             modules_to_save=["classifier"],
@@ -108,18 +124,24 @@ def _build(method: str, seed: int) -> tuple[Any, Any, int, int]:
         from cptensor_adapters import AdapterConfig, attach
 
         if method.startswith('ours "lora"'):
-            cfg = AdapterConfig(r=8, alpha=16, layout="lora", modules_to_save=["classifier"])
+            cfg = AdapterConfig(r=8, alpha=alpha, layout="lora", modules_to_save=["classifier"])
         else:
             r = int(method.split("r=")[1])
-            kw = {} if LORTA_ALPHA is None else {"alpha": LORTA_ALPHA}
-            cfg = AdapterConfig(r=r, layout="lorta", modules_to_save=["classifier"], **kw)
+            cfg = AdapterConfig(r=r, alpha=alpha, layout="lorta", modules_to_save=["classifier"])
         attach(model, cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return model, tok, trainable - head, head
 
 
 def _train(
-    method: str, seed: int, lr: float, steps: int, train: Any, test: Any, threads: int | None
+    method: str,
+    seed: int,
+    lr: float,
+    alpha: float | None,
+    steps: int,
+    train: Any,
+    test: Any,
+    threads: int | None,
 ) -> Run:
     import torch
 
@@ -127,7 +149,7 @@ def _train(
 
     # Re-chosen before every run unless fixed: the machine is shared and its load changes.
     torch.set_num_threads(threads or choose_threads(own_load=torch.get_num_threads()))
-    model, tok, adapter, head = _build(method, seed)
+    model, tok, adapter, head = _build(method, seed, alpha)
     cfg = TrainConfig(
         steps=steps,
         batch_size=BATCH,
@@ -155,10 +177,11 @@ def _train(
         res.seconds_per_step,
         res.steps,
         torch.get_num_threads(),
+        alpha,
     )
 
 
-Task = tuple[str, int, float, int]  # method, seed, lr, steps
+Task = tuple[str, int, float, float | None, int]  # method, seed, lr, alpha, steps
 
 
 def _run_tasks(
@@ -203,6 +226,7 @@ def _summary(runs: list[Run]) -> list[dict[str, Any]]:
                 "adapter params": f"{rs[0].adapter_params:,}",
                 "head params": f"{rs[0].head_params:,}",
                 "lr": f"{rs[0].lr:g}",
+                "alpha": "-" if rs[0].alpha is None else f"{rs[0].alpha:g}",
                 "seeds": len(rs),
                 "dev acc % (mean ± sd)": (
                     f"{statistics.mean(accs):.2f} ± {sd:.2f}" if len(accs) > 1 else f"{accs[0]:.2f}"
@@ -297,6 +321,7 @@ def run(
 
     sweep_rows: list[dict[str, Any]] = []
     lrs = dict(DEFAULT_LR)
+    alphas = dict(DEFAULT_ALPHA)
     runs: list[Run] = []
     title = f"MiniLM-L6 on SST-2 dev ({steps} steps × batch {BATCH}, max length {MAX_LENGTH})"
 
@@ -313,6 +338,7 @@ def run(
             "dev": len(dev),
             "sweep_steps": sweep_steps if sweep else None,
             "learning_rates": lrs,
+            "alphas": alphas,
             "sweep": sweep_rows,
             "runs": [r.__dict__ for r in runs],
             "table": _summary(runs) if runs else [],
@@ -345,47 +371,82 @@ def run(
     # before any second seed, so that a partial result already answers the main question).
     # Results are saved after every task.
     if sweep:
+
+        def swept(m: str, lr: float, alpha: float | None) -> list[dict[str, Any]]:
+            return [
+                row
+                for row in sweep_rows
+                if row["method"] == m and row["lr"] == lr and row.get("alpha") == alpha
+            ]
+
         todo = [
-            (m, 0, lr, sweep_steps)
+            (m, 0, lr, alpha, sweep_steps)
             for m in methods
+            for alpha in SWEEP_ALPHA[m]
             for lr in SWEEP_GRID[m]
-            if not any(row["method"] == m and row["lr"] == lr for row in sweep_rows)
+            if not swept(m, lr, alpha)
         ]
 
-        def sweep_done(task: tuple[str, int, float, int], r: Run) -> None:
+        def sweep_done(task: Task, r: Run) -> None:
             sweep_rows.append(
                 {
                     "method": r.method,
                     "lr": r.lr,
+                    "alpha": r.alpha,
                     "holdout acc %": 100 * r.accuracy,
                     "threads": r.threads,
                 }
             )
             save(False)
             print(
-                f"  sweep {r.method:28s} lr={r.lr:<7g} holdout acc {100 * r.accuracy:.2f}%",
+                f"  sweep {r.method:28s} lr={r.lr:<7g} alpha={r.alpha} "
+                f"holdout acc {100 * r.accuracy:.2f}%",
                 flush=True,
             )
 
         _run_tasks(todo, train, holdout, jobs, threads, sweep_done)
         rank = {m: i for i, m in enumerate(SWEEP_GRID)}
-        sweep_rows.sort(key=lambda row: (rank.get(row["method"], len(rank)), row["lr"]))
-        for m in methods:
-            rows = [row for row in sweep_rows if row["method"] == m and row["lr"] in SWEEP_GRID[m]]
-            lrs[m] = max(rows, key=lambda row: row["holdout acc %"])["lr"]
+        sweep_rows.sort(
+            key=lambda row: (
+                rank.get(row["method"], len(rank)),
+                row.get("alpha") or 0.0,
+                row["lr"],
+            )
+        )
+        for m in methods:  # the best holdout accuracy; ties go to the first in grid order
+            rows = [
+                row
+                for alpha in SWEEP_ALPHA[m]
+                for lr in SWEEP_GRID[m]
+                for row in swept(m, lr, alpha)
+            ]
+            best = max(rows, key=lambda row: row["holdout acc %"])
+            lrs[m], alphas[m] = best["lr"], best.get("alpha")
         save(False)
+    # A kept run counts only if it used the settings chosen now (a resumed sweep may
+    # have changed them); the others are dropped and run again.
+    stale = [
+        r for r in runs if r.method in lrs and (r.lr, r.alpha) != (lrs[r.method], alphas[r.method])
+    ]
+    for r in stale:
+        runs.remove(r)
+        print(
+            f"  dropping {r.method} seed={r.seed}: ran with lr={r.lr:g} alpha={r.alpha}, "
+            f"the sweep now chooses lr={lrs[r.method]:g} alpha={alphas[r.method]}",
+            flush=True,
+        )
     n_seeds = max(len(SEEDS[m]) for m in methods)
     todo = [
-        (m, SEEDS[m][i], lrs[m], steps)
+        (m, SEEDS[m][i], lrs[m], alphas[m], steps)
         for i in range(1 if quick else n_seeds)
         for m in methods
         if i < len(SEEDS[m]) and not any(r.method == m and r.seed == SEEDS[m][i] for r in runs)
     ]
 
-    def run_done(task: tuple[str, int, float, int], r: Run) -> None:
+    def run_done(task: Task, r: Run) -> None:
         runs.append(r)
         print(
-            f"  {r.method:28s} seed={r.seed} lr={r.lr:g}: dev acc {100 * r.accuracy:.2f}%, "
+            f"  {r.method:28s} seed={r.seed} lr={r.lr:g} alpha={r.alpha}: dev acc {100 * r.accuracy:.2f}%, "
             f"{r.seconds_per_step:.3f} s/step",
             flush=True,
         )
