@@ -54,12 +54,12 @@ SEEDS_MANY = (0, 1, 2)
 GROUP_BY_LENGTH = True  # batches of similar length: ~3x less padding on SST-2 phrases
 
 SWEEP_GRID: dict[str, tuple[float, ...]] = {  # learning rates, in the order the methods run
-    "PEFT LoRA r=8 (Q,V)": (5e-4, 1e-3, 2e-3, 4e-3),
-    "LoRTA r=8": (1e-3, 4e-3, 1e-2, 2e-2),
-    "LoRTA r=32": (1e-3, 4e-3, 1e-2, 2e-2),
-    "head only": (3e-3, 1e-2, 3e-2, 1e-1),
+    "PEFT LoRA r=8 (Q,V)": (5e-4, 1e-3, 2e-3, 4e-3, 8e-3),
+    "LoRTA r=8": (1e-3, 4e-3, 1e-2, 2e-2, 4e-2),
+    "LoRTA r=32": (1e-3, 4e-3, 1e-2, 2e-2, 4e-2),
+    "head only": (3e-3, 1e-2, 3e-2, 1e-1, 3e-1),
     'ours "lora" r=8 (Q,K,V,O)': (5e-4, 1e-3, 2e-3),
-    "LoRTA r=64": (1e-3, 4e-3, 1e-2, 2e-2),
+    "LoRTA r=64": (1e-3, 4e-3, 1e-2, 2e-2, 4e-2),
 }
 LORTA_ALPHAS = (8.0, 32.0)  # 8: the AdapterConfig default
 # alpha (the update is scaled by alpha / r), swept jointly with the learning rate; LoRA
