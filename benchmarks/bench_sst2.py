@@ -479,6 +479,55 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
+def markdown_report(doc: dict[str, Any], *, note: str = "") -> str:
+    """The docs' section for one results file (``--report FILE`` prints it): the protocol,
+    the table, the verdict and the sweep, as recorded, with the command that made them."""
+    lines = []
+    if note:
+        lines += [note, ""]
+    if not doc.get("complete"):
+        lines += ["**Incomplete run**: the table holds only the runs that finished.", ""]
+    lines += [
+        f"Command: `{doc['command']}` ({doc.get('jobs', 1)} runs at a time, "
+        f"{doc.get('threads', '?')} torch thread each; {doc['wall_seconds'] / 60:.0f} min "
+        "of wall time for the part of the run that produced this file).",
+        "",
+        f"Protocol: {doc['steps']} steps of batch {doc['batch']}, max length "
+        f"{doc['max_length']}, batches grouped by length: {doc.get('group_by_length', False)}; "
+        f"the same fixed {doc['train_subset']:,}-sentence training subset for every method; "
+        + (
+            f"the first {doc['dev']} dev sentences"
+            if doc.get("quick")
+            else f"the full dev set ({doc['dev']} sentences)"
+        )
+        + ". Learning rates (and LoRTA's alpha) from "
+        f"{doc['sweep_steps']}-step sweeps scored on training sentences outside the subset "
+        "(never on dev).",
+        "",
+        format_table(
+            [{k: v for k, v in row.items() if k != "threads"} for row in doc["table"]],
+            "MiniLM-L6 on SST-2 dev",
+        ).lstrip("\n"),
+        "",
+        "```text",
+        doc["verdict"],
+        "```",
+        "",
+    ]
+    if doc.get("sweep"):
+        rows = [
+            {
+                "method": r["method"],
+                "lr": r["lr"],
+                "alpha": "-" if r.get("alpha") is None else r["alpha"],
+                "held-out acc %": round(r["holdout acc %"], 2),
+            }
+            for r in doc["sweep"]
+        ]
+        lines += [format_table(rows, "The sweep").lstrip("\n"), ""]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (``python -m benchmarks.bench_sst2 --help``)."""
     from cptensor_adapters.data import default_glue_dir
@@ -536,7 +585,16 @@ def main(argv: list[str] | None = None) -> int:
         default="runs/bench_sst2/results.json",
         help="where to write the JSON results (default %(default)s)",
     )
+    p.add_argument(
+        "--report",
+        metavar="RESULTS.json",
+        default=None,
+        help="print the Markdown section for the docs from a results file, then exit",
+    )
     a = p.parse_args(argv)
+    if a.report:
+        print(markdown_report(json.loads(Path(a.report).read_text())))
+        return 0
     glue = a.glue_dir or default_glue_dir()
     if glue is None:
         p.error("SST-2 not found: pass --glue-dir DIR (with train.tsv and dev.tsv)")
