@@ -321,11 +321,12 @@ def bench_minilm(rounds: int = 16) -> dict[str, float]:
     }
 
 
-def bench_llama(rounds: int = 3) -> dict[str, float]:
-    from transformers import LlamaConfig, LlamaModel
+def _llama_config() -> Any:
+    """The Llama-shaped geometry of both Llama suites: hidden 2048, 16 heads of 128 (no
+    grouping), 4 layers, MLP width 2048 (kept at d so the suite runs in minutes)."""
+    from transformers import LlamaConfig
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
+    return LlamaConfig(
         hidden_size=2048,
         num_attention_heads=16,
         num_key_value_heads=16,
@@ -334,7 +335,13 @@ def bench_llama(rounds: int = 3) -> dict[str, float]:
         vocab_size=1000,
         max_position_embeddings=1024,
     )
-    model = LlamaModel(cfg).train()
+
+
+def bench_llama(rounds: int = 3) -> dict[str, float]:
+    from transformers import LlamaModel
+
+    torch.manual_seed(0)
+    model = LlamaModel(_llama_config()).train()
     g = torch.Generator().manual_seed(0)
     inputs = {"input_ids": torch.randint(0, 1000, (4, 512), generator=g)}
     floor = _floor(model, "embed_tokens", inputs)
@@ -392,21 +399,13 @@ def bench_llama_update(rounds: int = 3) -> dict[str, float]:
     thin products; the paper's approach rebuilds every dense ``ΔW`` (Python loops over
     heads) and multiplies by it; PEFT LoRA r = 16 applies ``B·(A·x)`` per matrix.
     """
-    from transformers import LlamaConfig, LlamaModel
+    from transformers import LlamaModel
 
     import cptensor_adapters as cpa
     from cptensor_adapters.modules import iter_adapter_layers
 
-    d, heads, layers, r = 2048, 16, 4, 64
-    cfg = LlamaConfig(
-        hidden_size=d,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        num_hidden_layers=layers,
-        intermediate_size=d,
-        vocab_size=1000,
-        max_position_embeddings=1024,
-    )
+    cfg = _llama_config()
+    d, heads, layers, r = cfg.hidden_size, cfg.num_attention_heads, cfg.num_hidden_layers, 64
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     xs = [torch.randn(4, 512, d, generator=g).requires_grad_(True) for _ in range(layers)]
