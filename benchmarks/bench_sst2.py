@@ -221,13 +221,6 @@ def _run_tasks(
             done(futures[f], f.result())
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _summary(runs: list[Run]) -> list[dict[str, Any]]:
     rows = []
     for method in dict.fromkeys(r.method for r in runs):
@@ -304,6 +297,7 @@ def run(
     """
     from cptensor_adapters.data import load_sst2
 
+    rank = {m: i for i, m in enumerate(SWEEP_GRID)}  # table order: the protocol's order
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers deprecations
     import torch
@@ -369,7 +363,10 @@ def run(
 
     def save(done: bool) -> None:
         if out is not None:
-            _write_atomic(Path(out), json.dumps(result_doc(done), indent=2))
+            from cptensor_adapters._files import atomic_write_text
+
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out, json.dumps(result_doc(done), indent=2))
 
     if resume and out is not None and Path(out).is_file():
         prev = json.loads(Path(out).read_text())
@@ -424,7 +421,6 @@ def run(
             )
 
         _run_tasks(todo, train, holdout, jobs, threads, sweep_done)
-        rank = {m: i for i, m in enumerate(SWEEP_GRID)}
         sweep_rows.sort(
             key=lambda row: (
                 rank.get(row["method"], len(rank)),
@@ -472,7 +468,6 @@ def run(
         save(False)
 
     _run_tasks(todo, train, dev, jobs, threads, run_done)
-    rank = {m: i for i, m in enumerate(SWEEP_GRID)}
     runs.sort(key=lambda r: (rank.get(r.method, len(rank)), r.seed))
     if sweep_rows:
         print(

@@ -868,23 +868,6 @@ def extract_adapter_delta(
     )
 
 
-def _cp_member_pair(
-    f: Mapping[str, np.ndarray], member: Any, scaling: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(B, A)`` with ``ΔW = B @ A`` (out × in) of one target of a CP group, from the
-    group's factors ``{mode: (size, r)}`` (the formula of :mod:`cptensor_adapters.modules`)."""
-    coef = np.full(next(iter(f.values())).shape[1], scaling)
-    for mode, row in member.index.items():
-        coef = coef * f[mode][row]
-    if member.split is None:  # no head mode: ΔW = U_out diag(c) U_inᵀ
-        return f["out"] * coef, f["in"].T
-    c = f["head"] * coef  # (heads, r)
-    per_head = (c[:, None, :] * f["in"][None, :, :]).reshape(member.heads * member.head_dim, -1)
-    if member.split == "out":  # heads split the output rows (Q, K, V)
-        return per_head, f["out"].T
-    return f["out"], per_head.T  # heads split the input columns (O)
-
-
 def _cp_adapter_delta(
     cfg_path: Path, w_path: Path, meta: Mapping[str, Any], base_config: Any
 ) -> LowRankDelta:
@@ -893,6 +876,7 @@ def _cp_adapter_delta(
     from .grid import ATTENTION_ROLES, WeightGrid
     from .io import FORMAT_VERSION
     from .layout import plan_groups
+    from .modules import target_factors
 
     version = meta.get("format_version", 0)
     if isinstance(version, bool) or not isinstance(version, int) or version > FORMAT_VERSION:
@@ -974,7 +958,7 @@ def _cp_adapter_delta(
 
     # the factors
     tensors, keys = _read_safetensors(w_path, lambda k: k.startswith("groups."))
-    groups: list[dict[str, np.ndarray]] = []
+    groups: list[dict[str, Any]] = []  # mode -> float64 torch factor
     expected = set()
     for i, plan in enumerate(plans):
         fs = {}
@@ -989,7 +973,7 @@ def _cp_adapter_delta(
                     f"{w_path}: tensor {key!r} has shape {tuple(t.shape)}, its config "
                     f"needs ({size}, {config.r})"
                 )
-            fs[mode] = t.double().numpy()
+            fs[mode] = t.double()
         groups.append(fs)
     extra = sorted(k for k in tensors if k.startswith("groups.") and k not in expected)
     if extra:
@@ -1005,11 +989,18 @@ def _cp_adapter_delta(
             t = grid[member.target]
             if t.matrix not in ATTENTION_ROLES:
                 continue
-            b, a = _cp_member_pair(fs, member, config.scaling)
+            a, b = target_factors(
+                fs,
+                member.index.items(),
+                member.split,
+                member.heads,
+                member.head_dim,
+                config.scaling,
+            )
             name = t.matrix.upper()
             if (t.layer, name) in pairs:
                 raise ValueError(f"{cfg_path}: two targets are layer {t.layer}, matrix {name}")
-            pairs[(t.layer, name)] = (b.astype(out_dtype), a.astype(out_dtype))
+            pairs[(t.layer, name)] = (b.numpy().astype(out_dtype), a.numpy().astype(out_dtype))
             matched.append((t.layer, name, t.name))
     matched.sort(key=lambda row: (row[0], MATRICES.index(row[1])))
     layout = config.resolved_layout

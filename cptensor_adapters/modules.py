@@ -24,7 +24,7 @@ when ``A`` is the same factor (as under ``"lorta"``).
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -291,20 +291,10 @@ class CPAdapterLayer(nn.Module):
         out = []
         for pc in self.pieces[name]:
             f = adapter.groups[pc.group].factors
-            coef: torch.Tensor | None = None
-            for mode, row in pc.index:
-                coef = f[mode][row] if coef is None else coef * f[mode][row]
-            if pc.split is None:
-                b_scale = coef * scaling if coef is not None else None
-                B = f["out"] * b_scale if b_scale is not None else f["out"] * scaling
-                out.append((pc, f["in"].t(), B, (pc.group, "in")))
-                continue
-            c = f["head"] * (coef * scaling if coef is not None else scaling)  # (heads, r)
-            per_head = (c.unsqueeze(1) * f["in"].unsqueeze(0)).reshape(pc.heads * pc.head_dim, -1)
-            if pc.split == "out":
-                out.append((pc, f["out"].t(), per_head, (pc.group, "out")))
-            else:
-                out.append((pc, per_head.t(), f["out"], None))
+            A, B = target_factors(f, pc.index, pc.split, pc.heads, pc.head_dim, scaling)
+            # A is a raw factor (shared by the modules that read it) unless heads split `in`
+            key = None if pc.split == "in" else (pc.group, "in" if pc.split is None else "out")
+            out.append((pc, A, B, key))
         return out
 
     def effective_factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -467,6 +457,40 @@ class CPAdapterLayer(nn.Module):
                 "move the whole model with model.to(...)"
             )
         w.add_(delta.to(w.dtype), alpha=sign)
+
+
+def target_factors(
+    factors: Mapping[str, torch.Tensor],
+    index: Iterable[tuple[str, int]],
+    split: Side | None,
+    heads: int,
+    head_dim: int,
+    scaling: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A, B)`` with ``ΔW = B·A`` (``A``: ``r × d_in``, ``B``: ``d_out × r``, scaling
+    included) for one target of a CP group, from the group's factors ``{mode: (size, r)}``
+    and the target's rows ``index`` in the coefficient modes (``layer``, ``matrix``).
+
+    Without a head mode ``ΔW = U_out·diag(c)·U_inᵀ``; with one, the head factor scales a
+    copy of ``U_in`` per head, stacked along the split side (output rows for Q, K, V;
+    input columns for O).
+
+    >>> f = {"out": torch.ones(6, 2), "in": torch.ones(3, 2), "head": torch.ones(2, 2)}
+    >>> A, B = target_factors(f, (), "out", 2, 3, 0.5)
+    >>> tuple(A.shape), tuple(B.shape), float((B @ A)[0, 0])
+    ((2, 6), (6, 2), 1.0)
+    """
+    coef: torch.Tensor | None = None
+    for mode, row in index:
+        coef = factors[mode][row] if coef is None else coef * factors[mode][row]
+    scale = coef * scaling if coef is not None else scaling
+    if split is None:
+        return factors["in"].t(), factors["out"] * scale
+    c = factors["head"] * scale  # (heads, r)
+    per_head = (c.unsqueeze(1) * factors["in"].unsqueeze(0)).reshape(heads * head_dim, -1)
+    if split == "out":
+        return factors["out"].t(), per_head
+    return per_head.t(), factors["out"]
 
 
 def _cat(parts: list[torch.Tensor], dim: int) -> torch.Tensor | None:

@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cptensor_adapters.data import TextDataset, load_sst2, load_vader, vader_lexicon_path
 from cptensor_adapters.train import (
@@ -103,13 +105,19 @@ def test_training_is_reproducible():
     assert losses[0] == losses[1]
 
 
-@pytest.mark.parametrize("n", [7, 1000, 3 * 32 * LENGTH_GROUP_BATCHES + 40])
-def test_length_grouped_batches_cover_each_epoch_like_random_ones(n):
-    """Same examples per epoch as plain shuffling, full batches, far less padding."""
-    lengths = np.random.default_rng(1).integers(1, 64, size=n)
-    size = min(32, n)
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 3 * 8 * LENGTH_GROUP_BATCHES + 40),
+    size=st.integers(1, 8),
+    seed=st.integers(0, 2**16),
+    data=st.data(),
+)
+def test_length_grouped_batches_cover_each_epoch_like_random_ones(n, size, seed, data):
+    """Same examples per epoch as plain shuffling, full batches, no repeats, reproducible."""
+    lengths = np.array(data.draw(st.lists(st.integers(1, 64), min_size=n, max_size=n)))
+    size = min(size, n)
     per_epoch = max(1, n // size)
-    plain, grouped = _batches(n, size, 0), _batches(n, size, 0, lengths)
+    plain, grouped = _batches(n, size, seed), _batches(n, size, seed, lengths)
     for epoch in range(2):
         p = [next(plain) for _ in range(per_epoch)]
         g = [next(grouped) for _ in range(per_epoch)]
@@ -117,14 +125,19 @@ def test_length_grouped_batches_cover_each_epoch_like_random_ones(n):
         assert len(set(np.concatenate(g).tolist())) == per_epoch * size  # no repeats
         if epoch == 0:  # same shuffle, so the same examples (later epochs draw anew)
             assert sorted(np.concatenate(p)) == sorted(np.concatenate(g))
-        if n >= 1000:
-            pad_p = sum(lengths[b].max() * size for b in p)
-            pad_g = sum(lengths[b].max() * size for b in g)
-            assert pad_g < 0.7 * pad_p
-    again = _batches(n, size, 0, lengths)
-    first = [next(again) for _ in range(per_epoch)]
-    grouped = _batches(n, size, 0, lengths)
-    assert all((a == b).all() for a, b in zip(first, [next(grouped) for _ in range(per_epoch)]))
+    again, grouped = _batches(n, size, seed, lengths), _batches(n, size, seed, lengths)
+    assert all((next(again) == next(grouped)).all() for _ in range(2 * per_epoch))
+
+
+@pytest.mark.parametrize("n", [1000, 3 * 32 * LENGTH_GROUP_BATCHES + 40])
+def test_length_grouped_batches_pad_far_less(n):
+    lengths = np.random.default_rng(1).integers(1, 64, size=n)
+    per_epoch = n // 32
+    plain, grouped = _batches(n, 32, 0), _batches(n, 32, 0, lengths)
+    for _ in range(2):  # two epochs
+        pad_p = sum(lengths[next(plain)].max() * 32 for _ in range(per_epoch))
+        pad_g = sum(lengths[next(grouped)].max() * 32 for _ in range(per_epoch))
+        assert pad_g < 0.7 * pad_p
 
 
 def test_group_by_length_training_runs_and_is_reproducible():
