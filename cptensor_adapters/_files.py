@@ -18,19 +18,50 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_savefig", "atomic_savez", "atomic_write_bytes", "atomic_write_text"]
+__all__ = [
+    "atomic_savefig",
+    "atomic_savez",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "replace_into",
+    "temporary_beside",
+]
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open(path, "w") would give (mkstemp gives 0o600)
+
+
+def temporary_beside(path: Path) -> str:
+    """A new empty file in ``path``'s directory, to be filled and then moved onto ``path``
+    with :func:`replace_into`."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    return tmp
+
+
+def replace_into(tmp: str, path: Path) -> None:
+    """Move the finished ``tmp`` onto ``path`` (atomic), with the permissions a plain
+    ``open(path, "w")`` would have given it rather than the temporary file's private ones."""
+    os.chmod(tmp, _FILE_MODE)
+    os.replace(tmp, path)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temporary file + ``os.replace``)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = temporary_beside(path)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        replace_into(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

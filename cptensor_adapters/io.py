@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ._files import atomic_write_bytes
+from ._files import atomic_write_bytes, replace_into, temporary_beside
 from .config import AdapterConfig
 from .grid import WeightGrid
 from .model import (
@@ -45,11 +44,10 @@ def atomic_save_safetensors(
     path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> None:
     """``safetensors.torch.save_file`` to a temporary file, then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = temporary_beside(path)
     try:
         save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
+        replace_into(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

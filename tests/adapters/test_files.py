@@ -41,3 +41,18 @@ def test_savez_appends_suffix_like_numpy(tmp_path):
     p = atomic_savez(tmp_path / "cp.bin", a=np.arange(3))
     assert p.name == "cp.bin.npz" and np.load(p)["a"].tolist() == [0, 1, 2]
     assert atomic_savez(tmp_path / "x.npz", a=np.zeros(1)).name == "x.npz"
+
+
+def test_written_files_get_the_permissions_open_would_give(tmp_path):
+    """mkstemp's private 0o600 must not leak into reports, figures or adapter files."""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    expected = plain.stat().st_mode & 0o777
+    atomic_write_text(tmp_path / "r.md", "text")
+    p = atomic_savez(tmp_path / "cp", a=np.zeros(1))
+    from cptensor_adapters.io import atomic_save_safetensors
+
+    torch = pytest.importorskip("torch")
+    atomic_save_safetensors(tmp_path / "w.safetensors", {"t": torch.zeros(2)})
+    for f in (tmp_path / "r.md", p, tmp_path / "w.safetensors"):
+        assert f.stat().st_mode & 0o777 == expected, f.name
