@@ -7,6 +7,9 @@ merge, save, load, export to PEFT LoRA or hand it to the rank analysis (:func:`a
 adapter; these and :func:`extract_delta`, :func:`extract_lora_delta` and
 :class:`DeltaReport` are re-exported from :mod:`cptensor_adapters.deltas`). LoRA
 (``layout="lora"``) and custom layouts are special cases of the same mechanism.
+Training aids: the initialisations of :mod:`cptensor_adapters.inits`, per-factor
+learning rates and CP preconditioning (:func:`create_optimizer`), and a gradient-aligned
+start (:func:`gradient_init`).
 
 Example:
     >>> import torch
@@ -27,6 +30,7 @@ from .deltas import (
     extract_delta,
     extract_lora_delta,
 )
+from .gradient_init import gradient_init
 from .grid import ATTENTION_ROLES, Target, WeightGrid
 from .io import load_adapter, save_adapter
 from .layout import AXES, LAYOUTS, GroupPlan, Layout, plan_groups
@@ -49,6 +53,7 @@ from .model import (
     unmerge,
 )
 from .modules import CPAdapterLayer, FactorStore, ModulesToSaveWrapper
+from .optim import CPPreconditioner, create_optimizer, factor_param_groups
 from .peft_export import save_as_peft_lora
 
 __all__ = [
@@ -58,6 +63,7 @@ __all__ = [
     "LAYOUTS",
     "AdapterConfig",
     "CPAdapterLayer",
+    "CPPreconditioner",
     "DeltaReport",
     "FactorStore",
     "GroupPlan",
@@ -72,12 +78,15 @@ __all__ = [
     "analyze_delta",
     "as_cp",
     "attach",
+    "create_optimizer",
     "delta_weights",
     "disabled",
     "extract_adapter_delta",
     "extract_delta",
     "extract_lora_delta",
+    "factor_param_groups",
     "get_config",
+    "gradient_init",
     "load_adapter",
     "merge",
     "merge_and_unload",

@@ -11,14 +11,10 @@ from typing import Any
 import torch
 
 from .grid import ATTENTION_ROLES
+from .inits import INITS
 from .layout import LAYOUTS, Layout
 
 __all__ = ["INITS", "AdapterConfig"]
-
-#: Initialisations: ``"default"`` (the ``in`` factor zero, so ΔW = 0 at the start, as in the
-#: paper's code; with a head mode that is the per-head factor B), ``"zero_out"`` (the ``out``
-#: factor zero instead), ``"random"`` (every factor random: ΔW ≠ 0, for tests).
-INITS: tuple[str, ...] = ("default", "zero_out", "random")
 
 _DTYPES = {
     "float32": torch.float32,
@@ -42,8 +38,8 @@ class AdapterConfig:
             (see :meth:`WeightGrid.from_model <cptensor_adapters.WeightGrid.from_model>`).
         head_split: ``"auto"`` (Q, K, V heads split the output, O the input), ``"out"``,
             ``"in"``, or a dict matrix → side.
-        init: one of :data:`INITS`. Random factors are Kaiming-uniform with ``a = √5`` on the
-            ``(size × r)`` factor, i.e. uniform in ``±1/√r``, as in the paper's code.
+        init: one of :data:`~cptensor_adapters.inits.INITS`; the distribution of every
+            factor is in :mod:`cptensor_adapters.inits` (``"reference"`` is the paper's code).
         seed: seed of the initialisation (same seed, same factors).
         factor_dtype: ``"float32"``, ``"float64"``, ``"float16"``, ``"bfloat16"`` or
             ``None``: float32 when the targets are float16/bfloat16, else their dtype.

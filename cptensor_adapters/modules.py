@@ -34,6 +34,7 @@ from torch import nn
 
 from .config import AdapterConfig
 from .grid import Side, Target, WeightGrid, module_weight
+from .inits import draw_factor
 from .layout import GroupPlan
 
 __all__ = [
@@ -108,32 +109,16 @@ class AdapterFactors(nn.Module):
 
     @torch.no_grad()
     def initialise(self) -> None:
-        """(Re)initialise the factors from ``config.init`` and ``config.seed``.
-
-        Kaiming-uniform with ``a = √5`` on each ``(size × r)`` factor (uniform in
-        ``±1/√r``); the ``in`` factor is zero under ``"default"``, the ``out`` factor under
-        ``"zero_out"``, none under ``"random"``.
-        """
-        init = self.config.init
+        """(Re)initialise the factors from ``config.init`` and ``config.seed`` (the formulas
+        are in :mod:`cptensor_adapters.inits`)."""
         for g in self.groups:
             for mode, p in g.factors.items():
                 if p.device.type == "meta":
                     continue
-                zero = (init == "default" and mode == "in") or (
-                    init == "zero_out" and mode == "out"
-                )
-                if zero:
-                    p.zero_()
-                    continue
                 gen = torch.Generator(device=p.device)
                 gen.manual_seed(_mode_seed(self.config.seed, g.plan.index, mode))
-                bound = 1.0 / (p.shape[1] ** 0.5)
-                p.copy_(
-                    torch.rand(p.shape, generator=gen, device=p.device, dtype=torch.float32)
-                    .mul_(2 * bound)
-                    .sub_(bound)
-                    .to(p.dtype)
-                )
+                drawn = draw_factor(self.config.init, mode, tuple(p.shape), gen, device=p.device)
+                p.copy_(drawn.to(p.dtype))
 
     def num_parameters(self) -> int:
         """Number of factor entries."""
@@ -491,6 +476,30 @@ def target_factors(
     if split == "out":
         return factors["out"].t(), per_head
     return per_head.t(), factors["out"]
+
+
+def target_block(
+    delta: torch.Tensor, split: Side | None, heads: int, head_dim: int
+) -> torch.Tensor:
+    """A target's ``(out × in)`` matrix (``Linear`` orientation) as its block of the CP
+    tensor: ``(size_out, size_in)`` without a head mode, ``(size_out, head_dim, heads)``
+    with one, oriented as :func:`target_factors` reads the factors (a view when possible).
+
+    It is the inverse of :func:`target_factors`: the block of ``B·A`` is the CP of the
+    target's factor rows, ``s · Σ_k U_out[:, k] ∘ U_in[:, k] ∘ c[:, k]``.
+
+    >>> f = {"out": torch.randn(6, 2), "in": torch.randn(3, 2), "head": torch.randn(2, 2)}
+    >>> A, B = target_factors(f, (), "out", 2, 3, 1.0)
+    >>> block = target_block(B @ A, "out", 2, 3)
+    >>> bool(torch.allclose(block, torch.einsum("ik,jk,hk->ijh", f["out"], f["in"], f["head"]),
+    ...                     atol=1e-6))
+    True
+    """
+    if split is None:
+        return delta
+    if split == "out":  # rows h·d_h + j, columns i  ->  [i, j, h]
+        return delta.reshape(heads, head_dim, -1).permute(2, 1, 0)
+    return delta.reshape(delta.shape[0], heads, head_dim).permute(0, 2, 1)  # [i, h·d_h + j]
 
 
 def _cat(parts: list[torch.Tensor], dim: int) -> torch.Tensor | None:

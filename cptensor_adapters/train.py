@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -352,6 +352,7 @@ def train_classifier(
     test: TextDataset,
     config: TrainConfig,
     *,
+    optimizer: Callable[[Any, float, float], Any] | None = None,
     progress: bool = False,
     desc: str = "training",
 ) -> TrainResult:
@@ -364,6 +365,11 @@ def train_classifier(
     tokenizer : the model's tokenizer
     train, test : TextDataset
     config : TrainConfig
+    optimizer : callable, optional
+        ``optimizer(model, lr, weight_decay)`` returns the ``torch.optim`` optimiser to use
+        (e.g. ``cptensor_adapters.optim.create_optimizer`` with per-factor learning rates or
+        preconditioning); default AdamW over every trainable parameter. The warm-up and
+        decay scale every parameter group's learning rate alike.
     progress : bool
         Show a tqdm bar with the running loss.
     desc : str
@@ -399,7 +405,10 @@ def train_classifier(
     if not params:
         raise ValueError("model has no trainable parameter (nothing has requires_grad=True)")
     torch.manual_seed(config.seed)
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    if optimizer is None:
+        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        opt = optimizer(model, config.lr, config.weight_decay)
     warm = max(1, round(config.warmup_fraction * config.steps)) if config.warmup_fraction else 0
 
     def schedule(step: int) -> float:

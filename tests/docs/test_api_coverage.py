@@ -35,6 +35,9 @@ MODULES = [
     "cptensor_adapters",
     "cptensor_adapters.deltas",
     "cptensor_adapters.cli",
+    "cptensor_adapters.inits",
+    "cptensor_adapters.optim",
+    "cptensor_adapters.gradient_init",
 ]
 
 DIRECTIVE = re.compile(r"^:::\s+(?P<ident>[\w.]+)\s*$")
