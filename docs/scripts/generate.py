@@ -551,6 +551,50 @@ def bench_tables(out: Path) -> None:
         write_snippet(out, f"bench-{suite}", text)
 
 
+#: Methods whose smoothed training-loss curves the SST-2 figure shows (when recorded).
+SST2_CURVES = (
+    "PEFT LoRA r=8 (Q,V)",
+    "LoRTA r=8",
+    "LoRTA r=8 scaled",
+    "LoRTA r=8 tuned",
+    "LoRTA r=16 tuned",
+)
+
+
+@generator
+def sst2_curves(out: Path) -> None:
+    """Training-loss curves of the recorded SST-2 run (``docs/bench-results/sst2.json``),
+    one panel per budget; the snippet says so when nothing is recorded."""
+    import json
+
+    import matplotlib.pyplot as plt
+
+    recorded = BENCH_RESULTS / "sst2.json"
+    if not recorded.exists():
+        write_snippet(out, "sst2-curves", "**Training-loss curves: not yet measured.**")
+        return
+    curves = json.loads(recorded.read_text())["curves"]
+    budgets = sorted({c["steps"] for c in curves})
+    fig, axes = plt.subplots(1, len(budgets), figsize=(6.2 * len(budgets), 4.0), squeeze=False)
+    for ax, steps in zip(axes[0], budgets):
+        for c in curves:
+            if c["steps"] == steps and c["method"] in SST2_CURVES:
+                ax.plot(c["step"], c["loss"], label=c["method"], lw=1.4)
+        ax.set_title(f"{steps} steps (mean over seeds, trailing mean of 20 steps)")
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.set_ylim(0.2, 0.75)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    save_figure(fig, out, "sst2_loss_curves")
+    write_snippet(
+        out,
+        "sst2-curves",
+        "![Training loss against step on SST-2 for PEFT LoRA and LoRTA variants]"
+        "(../figures/sst2_loss_curves.png)",
+    )
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     if len(sys.argv) < 2:
