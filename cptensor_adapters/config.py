@@ -88,7 +88,11 @@ class AdapterConfig:
             or not math.isfinite(self.alpha)
         ):
             raise ValueError(f"alpha: expected a finite number, got {self.alpha!r}")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+        if (
+            isinstance(self.dropout, bool)
+            or not isinstance(self.dropout, (int, float))
+            or not 0.0 <= self.dropout < 1.0
+        ):
             raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
         self._layout = Layout.resolve(self.layout)
         if isinstance(self.layout, Layout):  # keep the field JSON-friendly
@@ -98,7 +102,13 @@ class AdapterConfig:
             self.layout = self._layout.to_dict()
         if isinstance(self.targets, tuple):
             self.targets = list(self.targets)
-        if self.targets is not None and not isinstance(self.targets, (str, list)):
+        if self.targets is not None and not (
+            isinstance(self.targets, str)
+            or (
+                isinstance(self.targets, list)
+                and all(isinstance(t, str) and t for t in self.targets)
+            )
+        ):
             raise ValueError(
                 f"targets: expected None, a regex string or a list of names, got {self.targets!r}"
             )
@@ -109,23 +119,29 @@ class AdapterConfig:
                     f"{self.head_split!r}"
                 )
         elif isinstance(self.head_split, Mapping):
-            bad = {k: v for k, v in self.head_split.items() if v not in ("out", "in")}
+            bad = {
+                k: v
+                for k, v in self.head_split.items()
+                if not isinstance(k, str) or not isinstance(v, str) or v not in ("out", "in")
+            }
             if bad:
                 raise ValueError(f"head_split: sides must be 'out' or 'in', got {bad!r}")
             self.head_split = dict(self.head_split)
         else:
             raise ValueError(f"head_split: expected a string or a dict, got {self.head_split!r}")
-        if self.init not in INITS:
+        if not isinstance(self.init, str) or self.init not in INITS:
             raise ValueError(f"init: expected one of {INITS}, got {self.init!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed: expected an integer, got {self.seed!r}")
-        if self.factor_dtype is not None and self.factor_dtype not in _DTYPES:
+        if self.factor_dtype is not None and (
+            not isinstance(self.factor_dtype, str) or self.factor_dtype not in _DTYPES
+        ):
             raise ValueError(
                 f"factor_dtype: expected None or one of {sorted(_DTYPES)}, "
                 f"got {self.factor_dtype!r}"
             )
         if self.modules_to_save is not None:
-            if isinstance(self.modules_to_save, str) or not all(
+            if not isinstance(self.modules_to_save, (list, tuple)) or not all(
                 isinstance(m, str) and m for m in self.modules_to_save
             ):
                 raise ValueError(
@@ -134,6 +150,12 @@ class AdapterConfig:
                 )
             self.modules_to_save = list(self.modules_to_save)
         if self.roles is not None:
+            if not isinstance(self.roles, Mapping) or not all(
+                isinstance(k, str) and k for k in self.roles
+            ):
+                raise ValueError(
+                    f"roles: expected a dict module-name suffix -> role, got {self.roles!r}"
+                )
             bad_roles = {k: v for k, v in self.roles.items() if v not in ATTENTION_ROLES}
             if bad_roles:
                 raise ValueError(

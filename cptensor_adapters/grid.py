@@ -103,6 +103,35 @@ class Target:
     storage: Storage = "linear"
     out_offset: int = 0
 
+    def __post_init__(self) -> None:
+        for name in ("name", "module", "matrix"):
+            v = getattr(self, name)
+            if not isinstance(v, str) or not v:
+                raise ValueError(f"Target.{name}: expected a non-empty string, got {v!r}")
+        for name, low in (
+            ("layer", 0),
+            ("in_features", 1),
+            ("out_features", 1),
+            ("heads", 0),
+            ("head_dim", 0),
+            ("out_offset", 0),
+        ):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(
+                    f"Target.{name} of {self.name!r}: expected an integer >= {low}, got {v!r}"
+                )
+        if self.head_side not in (None, "out", "in"):
+            raise ValueError(
+                f"Target.head_side of {self.name!r}: expected None, 'out' or 'in', got "
+                f"{self.head_side!r}"
+            )
+        if self.storage not in ("linear", "conv1d"):
+            raise ValueError(
+                f"Target.storage of {self.name!r}: expected 'linear' or 'conv1d', got "
+                f"{self.storage!r}"
+            )
+
     def side_size(self, side: Side) -> int:
         """Size of the ``"out"`` or ``"in"`` side of the weight."""
         return self.out_features if side == "out" else self.in_features
@@ -278,15 +307,39 @@ class WeightGrid:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> WeightGrid:
-        """Inverse of :meth:`to_dict`."""
-        return cls(
-            architecture=data["architecture"],
-            targets=tuple(Target(**t) for t in data["targets"]),
-            hidden_size=data.get("hidden_size"),
-            num_heads=data.get("num_heads"),
-            num_kv_heads=data.get("num_kv_heads"),
-            head_dim=data.get("head_dim"),
-        )
+        """Inverse of :meth:`to_dict`; every field is checked for type and range.
+
+        Raises:
+            ValueError: a missing key or a value of the wrong type or range, named.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"grid: expected a mapping, got {type(data).__name__}")
+        arch = data.get("architecture")
+        if not isinstance(arch, str):
+            raise ValueError(f"grid.architecture: expected a string, got {arch!r}")
+        targets = data.get("targets")
+        if not isinstance(targets, list) or not all(isinstance(t, Mapping) for t in targets):
+            raise ValueError("grid.targets: expected a list of objects")
+        sizes = {}
+        for key in ("hidden_size", "num_heads", "num_kv_heads", "head_dim"):
+            v = data.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"grid.{key}: expected None or an integer >= 1, got {v!r}")
+            sizes[key] = v
+        fields_ = {f for f in Target.__dataclass_fields__}
+        built = []
+        for t in targets:
+            unknown = sorted(set(t) - fields_)
+            if unknown:
+                raise ValueError(f"grid.targets: unknown fields {unknown[:5]}")
+            try:
+                built.append(Target(**t))
+            except TypeError as exc:  # a required field missing
+                raise ValueError(f"grid.targets: {exc}") from None
+        names = [t.name for t in built]
+        if len(set(names)) != len(names):
+            raise ValueError("grid.targets: target names are not unique")
+        return cls(architecture=arch, targets=tuple(built), **sizes)
 
     def differences(
         self, other: WeightGrid, *, labels: tuple[str, str] = ("self", "other")

@@ -4,8 +4,9 @@ The safetensors file holds each shared CP factor once (``groups.<i>.<mode>``) an
 ``modules_to_save`` copies (``modules_to_save.<module path>.<parameter>``); the JSON file
 holds the :class:`~cptensor_adapters.AdapterConfig`, the adapter's name and the weight grid
 it was trained on, which :func:`load_adapter` checks against the model. Both files are
-written atomically (a temporary file in the same directory, then ``os.replace``). No
-pickle is involved at any point.
+written as one atomic replacement of the directory, and read only after their sizes,
+shapes and values are checked against each other and against the model. No pickle is
+involved at any point.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ._files import atomic_write_bytes, replace_into, temporary_beside
+from ._files import read_regular_file, replaced_directory
 from .config import AdapterConfig
 from .grid import WeightGrid
+from .layout import plan_groups
 from .model import (
     _check_name,
     _grid_for,
@@ -40,18 +42,20 @@ FORMAT = "cptensor_adapters"
 FORMAT_VERSION = 1
 
 
-def atomic_save_safetensors(
-    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
-) -> None:
-    """``safetensors.torch.save_file`` to a temporary file, then ``os.replace``."""
-    tmp = temporary_beside(path)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        replace_into(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def write_adapter_directory(
+    path: str | os.PathLike[str],
+    tensors: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write ``adapter_model.safetensors`` and ``adapter_config.json`` into the directory
+    ``path`` as one atomic replacement (:func:`~cptensor_adapters._files.replaced_directory`):
+    after a crash at any instant the directory holds the old adapter or the new one."""
+    out = Path(path)
+    with replaced_directory(out) as tmp:
+        save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata=metadata)
+        (tmp / ADAPTER_CONFIG).write_bytes(json.dumps(config, indent=2).encode())
+    return out
 
 
 def _adapter_parameters(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
@@ -79,7 +83,10 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str], name: str = "de
     """Write adapter ``name`` to the directory ``path`` (created if needed).
 
     Writes ``adapter_model.safetensors`` (shared factors stored once, ``modules_to_save``
-    copies) and ``adapter_config.json`` (config, name, weight grid), each atomically.
+    copies) and ``adapter_config.json`` (config, name, weight grid) as one atomic
+    replacement of the directory: a crash at any instant leaves the previous adapter or
+    the new one, never the weights of one with the config of the other. Other files in the
+    directory are kept.
 
     Returns:
         The directory, as a ``Path``.
@@ -98,8 +105,6 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str], name: str = "de
         ['adapter_config.json', 'adapter_model.safetensors']
     """
     adapter = _require_adapter(model, name)
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -108,33 +113,121 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str], name: str = "de
         "grid": adapter.grid.to_dict(),
         "groups": [p.to_dict() for p in adapter.plans],
     }
-    atomic_save_safetensors(
-        out / ADAPTER_WEIGHTS, _adapter_tensors(model, name), metadata={"format": FORMAT}
+    return write_adapter_directory(
+        path, _adapter_tensors(model, name), meta, metadata={"format": FORMAT}
     )
-    atomic_write_bytes(out / ADAPTER_CONFIG, json.dumps(meta, indent=2).encode())
-    return out
+
+
+def _field(meta: dict[str, Any], key: str, kind: type | tuple[type, ...], file: Path) -> Any:
+    value = meta.get(key)
+    if not isinstance(value, kind):
+        raise ValueError(
+            f"path: {file}: field {key!r} is missing or not a "
+            f"{getattr(kind, '__name__', kind)} (got {type(value).__name__})"
+        )
+    return value
 
 
 def read_adapter_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The parsed ``adapter_config.json`` of a saved adapter.
+    """The parsed ``adapter_config.json`` of a saved adapter, its fields checked for type.
+
+    Only a regular file of at most 64 MiB is read (a FIFO or a device never blocks it).
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a file written by :func:`save_adapter`.
+        ValueError: not a file written by :func:`save_adapter`, or not valid UTF-8 JSON
+            of the expected structure (the message names the file and the field).
     """
     file = Path(path) / ADAPTER_CONFIG
-    meta = json.loads(file.read_text())
+    raw = read_regular_file(file, "path")
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"path: {file} is not valid UTF-8 JSON ({type(exc).__name__})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"path: {file} holds a JSON {type(meta).__name__}, expected an object")
     if meta.get("format") != FORMAT:
         raise ValueError(
             f"path: {file} is not a cptensor_adapters adapter (format={meta.get('format')!r}, "
             f"expected {FORMAT!r}); a PEFT LoRA directory loads with peft.PeftModel"
         )
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+    version = meta.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(f"path: {file}: format_version {version!r} is not an integer")
+    if version > FORMAT_VERSION:
         raise ValueError(
-            f"path: {file} has format_version {meta['format_version']}, this library reads up "
-            f"to {FORMAT_VERSION}"
+            f"path: {file} has format_version {version}, this library reads up to {FORMAT_VERSION}"
         )
+    _field(meta, "name", str, file)
+    _field(meta, "config", dict, file)
+    grid = _field(meta, "grid", dict, file)
+    _field(grid, "targets", list, file)
     return meta
+
+
+def _saved_config_and_grid(meta: dict[str, Any], file: Path) -> tuple[AdapterConfig, WeightGrid]:
+    """The config and grid of a saved adapter, built from their JSON with every error turned
+    into a ``ValueError`` that names the file."""
+    try:
+        config = AdapterConfig.from_dict(meta["config"])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"path: {file}: bad config ({exc})") from None
+    try:
+        grid = WeightGrid.from_dict(meta["grid"])
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise ValueError(f"path: {file}: bad grid ({type(exc).__name__}: {exc})") from None
+    return config, grid
+
+
+def _header(file: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{key: (shape, dtype)}`` from the safetensors header of ``file``, read and validated
+    by the safetensors library without loading any tensor."""
+    from safetensors import safe_open
+
+    if not file.is_file():
+        raise ValueError(f"path: {file} is missing or not a regular file")
+    try:
+        with safe_open(str(file), framework="pt") as fh:
+            return {
+                k: (tuple(fh.get_slice(k).get_shape()), str(fh.get_slice(k).get_dtype()))
+                for k in fh.keys()
+            }
+    except Exception as exc:  # the library's SafetensorError and I/O errors
+        raise ValueError(f"path: {file} is not a valid safetensors file ({exc})") from None
+
+
+_FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+
+
+def _check_factors(
+    header: dict[str, tuple[tuple[int, ...], str]],
+    plans: list[Any],
+    r: int,
+    file: Path,
+) -> None:
+    """Every CP factor the config implies is in the file with shape ``(size, r)`` and a
+    floating dtype, and the file has no other factor: checked before anything is allocated."""
+    expected = {
+        f"groups.{p.index}.{mode}": (size, r) for p in plans for mode, size in zip(p.modes, p.shape)
+    }
+    found = {k for k in header if k.startswith("groups.")}
+    missing, extra = sorted(set(expected) - found), sorted(found - set(expected))
+    if missing or extra:
+        raise ValueError(
+            f"path: {file} does not match its config: missing {missing[:5]}, unexpected {extra[:5]}"
+        )
+    for key, shape in expected.items():
+        got, dtype = header[key]
+        if got != shape:
+            raise ValueError(
+                f"path: tensor {key!r} in {file} has shape {got}, the config and the model "
+                f"imply {shape}"
+            )
+    for key, (_, dtype) in header.items():
+        if dtype not in _FLOAT_DTYPES:
+            raise ValueError(
+                f"path: tensor {key!r} in {file} has dtype {dtype}; expected a floating type"
+            )
 
 
 def load_adapter(
@@ -149,6 +242,12 @@ def load_adapter(
     adapter was saved from. The loaded adapter becomes active if no adapter is; its factors
     train only with ``trainable=True``.
 
+    Nothing from the files is trusted before it is checked: the config is read only from a
+    regular file of bounded size, a ``targets`` regular expression in it is never compiled
+    (the saved grid's module paths select the targets), and the shape and dtype of every
+    tensor are checked against the config and the model before any memory is allocated;
+    non-finite values are refused.
+
     Args:
         model: a plain or already adapted model.
         path: directory written by :func:`save_adapter`.
@@ -157,7 +256,8 @@ def load_adapter(
 
     Raises:
         ValueError: the model's geometry differs from the file's (the message lists what
-            differs), the name is taken, or the files are inconsistent.
+            differs), the name is taken, or the files are malformed or inconsistent (the
+            message names the file).
 
     Example:
         >>> import copy, tempfile, torch
@@ -174,16 +274,20 @@ def load_adapter(
     """
     directory = Path(path)
     meta = read_adapter_config(directory)
+    config_file = directory / ADAPTER_CONFIG
     name = _check_name(meta["name"] if name is None else name)
-    config = AdapterConfig.from_dict(meta["config"])
-    saved_grid = WeightGrid.from_dict(meta["grid"])
+    config, saved_grid = _saved_config_and_grid(meta, config_file)
     store = _store(model)
     if store is not None and name in store.adapters:
         raise ValueError(
             f"name: the model already has an adapter {name!r}; pass name= to load under another"
         )
+    # The saved grid names the modules: a regular expression from the file is never run.
+    selection = config if not isinstance(config.targets, str) else None
+    if selection is None:
+        selection = config.replace(targets=list(saved_grid.modules) or None)
     try:
-        grid = _grid_for(model, config)
+        grid = _grid_for(model, selection)
     except ValueError as exc:
         raise ValueError(
             f"model: cannot map the adapter in {directory} onto this model ({exc})"
@@ -195,8 +299,14 @@ def load_adapter(
             + "; ".join(diffs[:8])
             + (f"; ... ({len(diffs) - 8} more)" if len(diffs) > 8 else "")
         )
-    tensors = load_file(str(directory / ADAPTER_WEIGHTS))
-    attach(model, config, name)
+    weights = directory / ADAPTER_WEIGHTS
+    plans = plan_groups(grid, config.resolved_layout, config.head_split)
+    _check_factors(_header(weights), plans, config.r, weights)
+    try:
+        tensors = load_file(str(weights))
+    except Exception as exc:  # pragma: no cover - the header was valid a moment ago
+        raise ValueError(f"path: {weights} could not be read ({exc})") from None
+    attach(model, selection, name)
     try:
         _copy_into(model, name, tensors, directory)
     except Exception:
@@ -205,6 +315,7 @@ def load_adapter(
         remove_adapter(model, name)
         raise
     adapter = _require_adapter(model, name)
+    adapter.config = config
     adapter.trainable = bool(trainable)
     store = _store(model)
     assert store is not None
@@ -215,19 +326,22 @@ def load_adapter(
 @torch.no_grad()
 def _copy_into(model: nn.Module, name: str, tensors: dict[str, torch.Tensor], where: Path) -> None:
     expected = _adapter_parameters(model, name)
+    file = where / ADAPTER_WEIGHTS
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing or extra:
         raise ValueError(
-            f"path: {where / ADAPTER_WEIGHTS} does not match its config: missing {missing[:5]}, "
-            f"unexpected {extra[:5]}"
+            f"path: {file} does not match its config: missing {missing[:5]}, unexpected {extra[:5]}"
         )
     for key, p in expected.items():
         t = tensors[key]
         if tuple(t.shape) != tuple(p.shape):
             raise ValueError(
-                f"path: tensor {key!r} in {where / ADAPTER_WEIGHTS} has shape {tuple(t.shape)}, "
+                f"path: tensor {key!r} in {file} has shape {tuple(t.shape)}, "
                 f"the model expects {tuple(p.shape)}"
             )
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"path: tensor {key!r} in {file} holds NaN or infinite values")
+    for key, p in expected.items():
         # explicit I/O: the file's CPU tensor goes to the parameter's device and dtype
-        p.copy_(t.to(device=p.device, dtype=p.dtype))
+        p.copy_(tensors[key].to(device=p.device, dtype=p.dtype))

@@ -19,8 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._files import atomic_write_bytes
-from .io import atomic_save_safetensors
+from .io import write_adapter_directory
 from .model import _require_adapter
 from .modules import iter_adapter_layers, iter_save_wrappers
 
@@ -35,7 +34,8 @@ def save_as_peft_lora(
     ``peft.PeftModel.from_pretrained(base_model, path)`` then reproduces the adapter's
     outputs (up to float rounding). Modules whose rank differs from the most common one get
     ``rank_pattern``/``alpha_pattern`` entries; GPT-2 ``Conv1D`` targets set
-    ``fan_in_fan_out``; ``modules_to_save`` copies are exported too.
+    ``fan_in_fan_out``; ``modules_to_save`` copies are exported too. The two files replace
+    the directory's as one atomic step (see :func:`~cptensor_adapters.save_adapter`).
 
     Returns:
         The directory, as a ``Path``.
@@ -55,8 +55,6 @@ def save_as_peft_lora(
         True
     """
     adapter = _require_adapter(model, name)
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     ranks: dict[str, int] = {}
     conv1d = []
@@ -96,9 +94,7 @@ def save_as_peft_lora(
         "init_lora_weights": True,
     }
     config = _peft_config_dict(fields)
-    atomic_save_safetensors(out / "adapter_model.safetensors", tensors, metadata={"format": "pt"})
-    atomic_write_bytes(out / "adapter_config.json", json.dumps(config, indent=2).encode())
-    return out
+    return write_adapter_directory(path, tensors, config, metadata={"format": "pt"})
 
 
 def _peft_config_dict(fields: dict[str, Any]) -> dict[str, Any]:

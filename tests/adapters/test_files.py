@@ -50,9 +50,12 @@ def test_written_files_get_the_permissions_open_would_give(tmp_path):
     expected = plain.stat().st_mode & 0o777
     atomic_write_text(tmp_path / "r.md", "text")
     p = atomic_savez(tmp_path / "cp", a=np.zeros(1))
-    from cptensor_adapters.io import atomic_save_safetensors
+    from cptensor_adapters.io import write_adapter_directory
 
     torch = pytest.importorskip("torch")
-    atomic_save_safetensors(tmp_path / "w.safetensors", {"t": torch.zeros(2)})
-    for f in (tmp_path / "r.md", p, tmp_path / "w.safetensors"):
+    d = write_adapter_directory(tmp_path / "adapter", {"t": torch.zeros(2)}, {"x": 1})
+    for f in (tmp_path / "r.md", p, d / "adapter_model.safetensors", d / "adapter_config.json"):
         assert f.stat().st_mode & 0o777 == expected, f.name
+    plain_dir = tmp_path / "plain_dir"
+    plain_dir.mkdir()
+    assert d.stat().st_mode & 0o777 == plain_dir.stat().st_mode & 0o777
