@@ -209,3 +209,52 @@ def progress_bar(enabled: bool, total: int, desc: str) -> Any:
             "(pip install tqdm, or the cptensor[progress] extra)"
         ) from None
     return tqdm(total=total, desc=desc)
+
+
+#: Data whose largest magnitude lies outside ``[2**-_SCALE_EXP, 2**_SCALE_EXP]`` is fitted
+#: after an exact power-of-two rescaling: squares of entries below ~1e-162 underflow to 0
+#: in float64 (and below ~1e-19 lose precision in float32), and above ~1e154 overflow.
+_SCALE_EXP = 30
+
+
+def magnitude_scale(xp: Any, a: Array) -> float:
+    """A power of two ``s`` with ``max|s·a|`` in ``[0.5, 1)``, or ``1.0`` when ``max|a|``
+    already lies in ``[2^-30, 2^30]``, is zero or is not finite (multiplying by ``s`` is
+    then exact, barring subnormals)."""
+    amax = float(xp.max(xp.abs(a))) if math.prod(shape_tuple(a)) else 0.0
+    if amax == 0.0 or not math.isfinite(amax):
+        return 1.0
+    exp = math.frexp(amax)[1]  # amax = m·2^exp with m in [0.5, 1)
+    return 1.0 if -_SCALE_EXP <= exp <= _SCALE_EXP else math.ldexp(1.0, -exp)
+
+
+def scale_cp(cp: CPTensor, c: float) -> CPTensor:
+    """``cp`` with its weights multiplied by ``c``."""
+    return CPTensor(cp.weights * c, cp.factors)
+
+
+def rescaled(
+    fit: Callable[..., Any],
+    x: Array,
+    s: float,
+    rank: Any,
+    init: Any,
+    callback: Callable[[Any], Any] | None,
+    **kwargs: Any,
+) -> Any:
+    """``fit(s·x, ...)`` with its start, callback states and result brought back to the
+    scale of ``x`` (the fit and relative error do not depend on the scale)."""
+    from dataclasses import replace
+
+    if isinstance(rank, CPTensor):
+        rank = scale_cp(rank, s)
+    if isinstance(init, CPTensor):
+        init = scale_cp(init, s)
+    inner = None
+    if callback is not None:
+
+        def inner(state: Any) -> Any:
+            return callback(replace(state, cp=scale_cp(state.cp, 1.0 / s)))
+
+    result = fit(x * s, rank, init=init, callback=inner, **kwargs)
+    return replace(result, cp=scale_cp(result.cp, 1.0 / s), info={**result.info, "rescaled_by": s})

@@ -42,8 +42,10 @@ from ._common import (
     check_nonneg_float,
     check_tensor,
     eps_of,
+    magnitude_scale,
     prepare_mask,
     progress_bar,
+    rescaled,
     resolve_start,
     sum_squares64,
 )
@@ -336,12 +338,27 @@ def fit_als(
         xp_x = None
     else:
         xp_x = namespace(x)
-        if masked is not None:
-            x_obs = xp_x.where(masked, x, xp_x.zeros_like(x))
-            norm_x2 = sum_squares64(xp_x, x_obs)
-        else:
-            x_obs = x
-            norm_x2 = sum_squares64(xp_x, x)
+        x_obs = x if masked is None else xp_x.where(masked, x, xp_x.zeros_like(x))
+        s = magnitude_scale(xp_x, x_obs)
+        if s != 1.0:  # tiny or huge data: fit an exact power-of-two rescaling of it
+            return rescaled(
+                fit_als,
+                x,
+                s,
+                rank,
+                init,
+                callback,
+                seed=seed,
+                max_iter=max_iter,
+                tol=tol,
+                ridge=ridge,
+                mask=masked,
+                fixed_modes=fixed,
+                nonnegative=nonnegative,
+                line_search=line_search,
+                progress=progress,
+            )
+        norm_x2 = sum_squares64(xp_x, x_obs)
 
     # -- start ------------------------------------------------------------------------
     if start is None:

@@ -21,8 +21,10 @@ from ._common import (
     check_int,
     check_nonneg_float,
     check_tensor,
+    magnitude_scale,
     prepare_mask,
     progress_bar,
+    rescaled,
     resolve_start,
 )
 from .result import CPFit, FitState
@@ -165,6 +167,27 @@ def fit_gradient(
         if not bool(wxp.all(wxp.isfinite(weights))) or bool(wxp.any(weights < 0)):
             raise ValueError("weights must be finite and >= 0")
 
+    xp0 = namespace(x)
+    s = magnitude_scale(xp0, x if masked is None else xp0.where(masked, x, xp0.zeros_like(x)))
+    if s != 1.0:  # tiny or huge data: fit an exact power-of-two rescaling of it
+        return rescaled(
+            fit_gradient,
+            x,
+            s,
+            rank,
+            init,
+            callback,
+            seed=seed,
+            mask=masked,
+            weights=weights,
+            loss=loss,
+            max_iter=max_iter,
+            optimizer=optimizer,
+            lr=lr,
+            tol=tol,
+            device=device,
+            progress=progress,
+        )
     out_device = x.device if is_torch(x) else None
     dev = device if device is not None else (x.device if is_torch(x) else "cpu")
     xt = _to_torch(x, torch, dev)
