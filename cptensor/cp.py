@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ._backend import Array, check_same_device_dtype, device, is_array, namespace, shape_tuple
+from ._backend import (
+    Array,
+    check_same_device_dtype,
+    device,
+    is_array,
+    is_floating,
+    namespace,
+    shape_tuple,
+)
 
 
 class CPTensor:
@@ -56,6 +64,13 @@ class CPTensor:
             if f.ndim != 2:
                 raise ValueError(
                     f"{name} must be 2-D of shape (I_n, rank), got shape {shape_tuple(f)}"
+                )
+        for name, f in zip(names, factors):
+            if not is_floating(f):
+                raise TypeError(
+                    f"{name} has dtype {f.dtype}; a CPTensor holds real floating values "
+                    "(float16, bfloat16, float32, float64): convert the factors first, e.g. "
+                    "with .astype(float) or .double()"
                 )
         rank = int(factors[0].shape[1])
         for name, f in zip(names, factors):

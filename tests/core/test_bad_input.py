@@ -341,3 +341,16 @@ def test_fix_signs_reference_dtype_and_device():
         ct.fix_signs(CP, reference=ct.CPTensor(None, [f.astype(np.float32) for f in F]))
     with pytest.raises(ValueError, match=r"reference is on device .*meta"):
         ct.fix_signs(TCP, reference=ct.CPTensor(None, META))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("kind", ["int64", "uint8", "bool", "complex128"])
+def test_cp_tensors_hold_real_floats_only(backend, kind):
+    """Integer factors overflowed silently (norm 0 for entries 2³¹), uint8 gave float16,
+    bool gave 1.0, complex gave 0j: refused, naming the factor and its dtype."""
+    arr = np.full((3, 2), 2**31 if kind == "int64" else 1).astype(kind)
+    if backend == "torch":
+        torch = pytest.importorskip("torch")
+        arr = torch.from_numpy(arr)
+    with pytest.raises(TypeError, match=r"factors\[0\] has dtype .*real floating"):
+        ct.CPTensor(None, [arr, arr])
