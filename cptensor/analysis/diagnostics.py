@@ -117,6 +117,12 @@ def core_consistency(
     float
         The core consistency in percent (at most 100; can be very negative).
 
+    Raises
+    ------
+    ValueError
+        ``x`` with infinite values or no observed entry, a ``cp`` with NaN or infinite
+        values, a core too large or not finite.
+
     Examples
     --------
     >>> import numpy as np
@@ -135,6 +141,8 @@ def core_consistency(
             "limit if memory allows"
         )
     xp = cp.xp
+    if not all(bool(xp.all(xp.isfinite(a))) for a in (cp.weights, *cp.factors)):
+        raise ValueError("cp holds NaN or infinite values; core consistency is undefined")
     mats = list(cp.factors)
     mats[0] = mats[0] * cp.weights
     pinvs = [xp.linalg.pinv(m) for m in mats]  # (R, I_n)
@@ -147,11 +155,18 @@ def core_consistency(
         g = x.multi_mode_product(pinvs)
     else:
         obs = _observed(x, mask)
+        seen = x if obs is None else xp.where(obs, x, xp.zeros_like(x))
+        if obs is not None and not bool(xp.any(obs)):
+            raise ValueError("x has no observed entries (all masked or NaN)")
+        if not bool(xp.all(xp.isfinite(seen))):
+            raise ValueError("x holds infinite values (or NaN where the mask says observed)")
         if obs is not None:
             x = xp.where(obs, x, reconstruct(cp))
         order = sorted(range(n), key=lambda k: rank / shape[k])
         g = multi_mode_product(x, [pinvs[k] for k in order], modes=order)
     g64 = to_numpy(float64_of(namespace(g), g))
+    if not np.all(np.isfinite(g64)):
+        raise ValueError("the Tucker core is not finite (x or its values overflow)")
     ident = np.zeros((rank,) * n)
     ident[(np.arange(rank),) * n] = 1.0
     denom = float(np.sum(g64**2)) if normalised else float(rank)

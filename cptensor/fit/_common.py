@@ -97,9 +97,12 @@ def check_tensor(x: Any) -> tuple[tuple[int, ...], Any]:
         raise TypeError(
             f"x must be an array (NumPy or torch) or a TensorOperator, got {type(x).__name__}"
         )
-    namespace(x, names=["x"])
-    if not is_floating(x):
-        raise TypeError(f"x must have a floating dtype (float32 or float64), got {x.dtype}")
+    xp = namespace(x, names=["x"])
+    if not is_floating(x) or x.dtype not in (xp.float32, xp.float64):
+        raise TypeError(
+            f"x must have a floating dtype float32 or float64, got {x.dtype} (fits need "
+            "float32 precision at least: convert half-precision data with .float())"
+        )
     if x.ndim < 2:
         raise ValueError(f"x must have at least 2 modes, got shape {shape_tuple(x)}")
     if any(s == 0 for s in shape_tuple(x)):
@@ -110,12 +113,20 @@ def check_tensor(x: Any) -> tuple[tuple[int, ...], Any]:
 def check_start(start: CPTensor, shape: tuple[int, ...], x: Any, name: str) -> None:
     if start.shape != shape:
         raise ValueError(f"{name} has shape {start.shape} but x has shape {shape}")
+    xp = start.xp
+    if not all(bool(xp.all(xp.isfinite(a))) for a in (start.weights, *start.factors)):
+        raise ValueError(f"{name}: the start holds NaN or infinite values")
     if is_operator(x):
         if start.dtype != x.dtype:
             raise TypeError(f"{name} has dtype {start.dtype} but x has dtype {x.dtype}")
         return
     namespace(x, start.factors[0], names=["x", name])
     check_same_device_dtype([x, start.factors[0]], ["x", f"{name}.factors[0]"])
+
+
+#: Ranks above the number of entries are refused only beyond this (small overcomplete
+#: fits are legitimate tests of rank-deficient normal equations).
+_MAX_OVERCOMPLETE_RANK = 1024
 
 
 def resolve_start(
@@ -127,6 +138,12 @@ def resolve_start(
         check_start(rank, shape, x, "rank")
         return rank, rank.rank
     rank = check_rank(rank)
+    entries = math.prod(shape)
+    if rank > max(entries, _MAX_OVERCOMPLETE_RANK):
+        raise ValueError(
+            f"rank={rank} exceeds the {entries} entries of a tensor of shape {shape} (its CP "
+            f"rank is at most {entries // max(shape)}); refused before allocating factors"
+        )
     if isinstance(init, CPTensor):
         check_start(init, shape, x, "init")
         if init.rank != rank:

@@ -286,7 +286,12 @@ def fit_gradient(
             bar.update(1)
             bar.set_postfix(fit=f"{1.0 - rel:.8f}", refresh=False)
         if callback is not None:
-            cp_now = CPTensor(None, [p.detach() for p in params])
+            # a snapshot on x's own backend and device: the callback may keep it
+            if is_numpy(x):
+                snap = [p.detach().cpu().numpy().copy() for p in params]
+            else:
+                snap = [p.detach().clone().to(out_device or p.device) for p in params]
+            cp_now = CPTensor(None, snap)
             if callback(FitState(it, 1.0 - rel, rel, False, cp_now)) is True:
                 state["reason"] = f"stopped by callback at evaluation {it}"
                 raise _Stop

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import cptensor as ct
 from cptensor import CPTensor, reconstruct
 from cptensor.analysis import (
     DEGENERACY_THRESHOLD,
@@ -137,3 +138,22 @@ def test_explained_variance_orthogonal_components_add_up() -> None:
     assert ev.total == pytest.approx(1.0)
     assert ev.per_component.sum() == pytest.approx(1.0)
     np.testing.assert_allclose(ev.per_component, np.array([9, 4, 1]) / 14)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_core_consistency_refuses_non_finite_input(backend):
+    """An all-NaN tensor scored 100.0 (every entry imputed from the model); inf gave NaN."""
+    cp = ct.init.random((4, 5, 6), 2, seed=0)
+    x = ct.reconstruct(cp)
+    if backend == "torch":
+        torch = pytest.importorskip("torch")
+        cp = ct.CPTensor(torch.from_numpy(cp.weights), [torch.from_numpy(f) for f in cp.factors])
+        x = torch.from_numpy(x)
+    xp = cp.xp
+    with pytest.raises(ValueError, match="no observed entries"):
+        core_consistency(x * float("nan"), cp)
+    with pytest.raises(ValueError, match="infinite"):
+        core_consistency(xp.where(x > 0, float("inf"), x), cp)
+    bad = ct.CPTensor(cp.weights * float("nan"), cp.factors)
+    with pytest.raises(ValueError, match="cp holds NaN"):
+        core_consistency(x, bad)

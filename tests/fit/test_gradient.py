@@ -100,3 +100,20 @@ def test_cuda_device_for_numpy_input():
     res = fit_gradient(x, 2, device="cuda", seed=0)
     assert isinstance(res.cp.weights, np.ndarray) and res.info["device"].startswith("cuda")
     assert res.rel_error < 1e-4
+
+
+def test_callback_states_are_snapshots_on_the_input_backend():
+    """They were live torch views for NumPy input, changing after the callback returned."""
+    import cptensor as ct
+    from cptensor.fit import fit_gradient
+
+    x = ct.reconstruct(ct.init.random((4, 5, 6), 2, seed=0))
+    kept = []
+    fit_gradient(
+        x, 2, seed=0, max_iter=5, callback=lambda st: kept.append((st.cp, st.cp.factors[0].copy()))
+    )
+    assert len(kept) > 2
+    for cp, first in kept:
+        assert isinstance(cp.factors[0], np.ndarray)
+        np.testing.assert_array_equal(cp.factors[0], first)  # unchanged since
+    assert not np.array_equal(kept[0][1], kept[-1][1])

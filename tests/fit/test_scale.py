@@ -52,3 +52,26 @@ def test_zero_data_is_still_zero():
     res = fit_als(np.zeros((3, 4, 5)), 2, seed=0)
     assert res.fit == 1.0 and "all zeros" in res.stop_reason
     assert float(np.abs(res.cp.weights).max()) == 0.0
+
+
+@pytest.mark.parametrize("fit", [fit_als, fit_gradient])
+def test_a_non_finite_start_is_refused(fit):
+    """An all-NaN start was 'converged' at fit 0.0."""
+    start = ct.CPTensor(None, [np.full((n, 2), np.nan) for n in X.shape])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        fit(X, start)
+
+
+@pytest.mark.parametrize("fit", [fit_als, fit_gradient])
+def test_an_absurd_rank_is_refused_before_allocating(fit):
+    with pytest.raises(ValueError, match="refused before allocating"):
+        fit(X, 10**9)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_data_is_refused_with_advice(dtype):
+    torch = pytest.importorskip("torch")
+    x = torch.tensor(X, dtype=getattr(torch, dtype))
+    for fit in (fit_als, fit_gradient):
+        with pytest.raises(TypeError, match=r"float32 or float64.*\.float\(\)"):
+            fit(x, 2)
