@@ -294,6 +294,13 @@ def plan_groups(
         >>> len(plan_groups(grid, Layout.resolve("lora")))
         8
     """
+    if isinstance(head_split, Mapping):
+        unknown = sorted(set(head_split) - set(grid.matrices))
+        if unknown:
+            raise ValueError(
+                f"head_split: {unknown} name no matrix of the targets; their matrices are "
+                f"{list(grid.matrices)}"
+            )
     buckets: dict[tuple[Any, ...], list[tuple[Target, Side | None, dict[str, int], int, int]]] = {}
     for t in grid.targets:
         side: Side | None = resolve_head_split(head_split, t) if layout.uses_heads else None

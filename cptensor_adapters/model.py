@@ -356,6 +356,11 @@ def merge(model: nn.Module, name: str | None = None) -> nn.Module:
         True
     """
     store = _require_store(model)
+    if store.disabled:
+        raise ValueError(
+            "model: cannot merge inside disabled(model), where the model must compute what the "
+            "base model computes; merge after the with-block"
+        )
     names = store.active if name is None else (name,)
     for n in names:
         _require_adapter(model, n)
@@ -377,6 +382,8 @@ def unmerge(model: nn.Module, name: str | None = None) -> nn.Module:
         (('default',), ())
     """
     _require_store(model)
+    if name is not None:
+        _require_adapter(model, name)
     for _, layer in iter_adapter_layers(model):
         for n in list(reversed(layer.merged)):
             if name is None or n == name:
@@ -451,18 +458,22 @@ def disabled(model: nn.Module) -> Iterator[nn.Module]:
         True
     """
     store = _require_store(model)
-    layers = [(layer, list(layer.merged)) for _, layer in iter_adapter_layers(model)]
-    for layer, names in layers:
-        for n in reversed(names):
+    layers = [
+        (layer, [(n, layer._merged_factors[n]) for n in layer.merged])
+        for _, layer in iter_adapter_layers(model)
+    ]
+    for layer, merged in layers:
+        for n, _ in reversed(merged):
             layer.unmerge(n)
     store.disabled += 1
     try:
         yield model
     finally:
         store.disabled -= 1
-        for layer, names in layers:
-            for n in names:
-                layer.merge(n)
+        for layer, merged in layers:
+            for n, (A, B) in merged:  # the same update again; removed adapters stay out
+                if n in layer.pieces and n in store.adapters and n not in layer.merged:
+                    layer.merge_factors(n, A, B)
 
 
 def remove_adapter(model: nn.Module, name: str) -> nn.Module:

@@ -215,6 +215,7 @@ class CPAdapterLayer(nn.Module):
             self.in_features, self.out_features = int(w.shape[1]), int(w.shape[0])
         self.pieces: dict[str, tuple[_Piece, ...]] = {}
         self.merged: list[str] = []
+        self._merged_factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._scope: SharedInputScope | None = None
 
     # ----------------------------------------------------------------- plumbing
@@ -412,24 +413,30 @@ class CPAdapterLayer(nn.Module):
 
     # ------------------------------------------------------------------ merge
     @torch.no_grad()
-    def _delta_module(self, name: str) -> torch.Tensor:
-        A, B = self.effective_factors(name)
-        return B @ A
-
-    @torch.no_grad()
     def merge(self, name: str) -> None:
-        """Add adapter ``name``'s ``ΔW`` into the base weight."""
+        """Add adapter ``name``'s ``ΔW`` into the base weight, keeping the factors it was
+        computed from (``O(r·d)``) so that :meth:`unmerge` subtracts exactly what was added,
+        even if the adapter's factors change in the meantime."""
         if name in self.merged:
             return
-        self._add_to_weight(self._delta_module(name), +1)
+        A, B = self.effective_factors(name)
+        self.merge_factors(name, A.detach().clone(), B.detach().clone())
+
+    @torch.no_grad()
+    def merge_factors(self, name: str, A: torch.Tensor, B: torch.Tensor) -> None:
+        """Add ``B·A`` into the base weight as adapter ``name``'s merged update (what
+        :meth:`unmerge` will subtract)."""
+        self._add_to_weight(B @ A, +1)
+        self._merged_factors[name] = (A, B)
         self.merged.append(name)
 
     @torch.no_grad()
     def unmerge(self, name: str) -> None:
-        """Subtract adapter ``name``'s ``ΔW`` from the base weight."""
+        """Subtract the ``ΔW`` that :meth:`merge` added for adapter ``name``."""
         if name not in self.merged:
             return
-        self._add_to_weight(self._delta_module(name), -1)
+        A, B = self._merged_factors.pop(name)
+        self._add_to_weight(B @ A, -1)
         self.merged.remove(name)
 
     def _add_to_weight(self, delta: torch.Tensor, sign: int) -> None:
