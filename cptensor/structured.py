@@ -363,8 +363,11 @@ class BlockTensor:
     blocks:
         A mapping ``key -> array`` or a callable ``key -> array`` with ``key`` a tuple of
         grid indices (an ``int`` is accepted as key of a single grid mode in a mapping).
-        Blocks are NumPy arrays or torch tensors; they are requested again on every pass,
-        so a callable should read from disk or compute rather than cache.
+        Blocks are NumPy arrays or torch tensors; they are requested again on every pass
+        that needs them, so a callable should read from disk or compute rather than cache.
+        Their values must not change while the tensor is in use: partial contractions
+        are cached between MTTKRP calls (see Notes); after changing the blocks, call
+        :meth:`clear_cache`.
     block_shape:
         The shape blocks are stored in (e.g. ``(d, d)`` for a weight matrix whose input
         dimension is split into heads). Default: the sizes of ``block_modes``. Each block
@@ -500,6 +503,23 @@ class BlockTensor:
 
         read.reader = reader  # type: ignore[attr-defined]
         return cls(shape, block_modes, read, block_shape=block_shape, dtype=dtype)
+
+    def clear_cache(self) -> None:
+        """Forget the cached partial contractions (needed after the blocks' values change).
+
+        >>> import numpy as np
+        >>> from cptensor import mttkrp
+        >>> x = np.ones((2, 3, 2))
+        >>> bt = BlockTensor(x.shape, (0, 1), lambda key: x[:, :, key[0]])
+        >>> fs = [np.ones((n, 1)) for n in x.shape]
+        >>> float(mttkrp(bt, fs, 2)[0, 0])
+        6.0
+        >>> x *= 2  # the blocks change...
+        >>> bt.clear_cache()  # ...so the cache must go
+        >>> float(mttkrp(bt, fs, 2)[0, 0])
+        12.0
+        """
+        self._pcache.clear()
 
     # -- protocol ----------------------------------------------------------------------
     @property

@@ -208,22 +208,30 @@ def default_glue_dir() -> Path | None:
 def _read_glue_tsv(path: Path) -> TextDataset:
     texts: list[str] = []
     labels: list[int] = []
-    with open(path, encoding="utf-8", newline="") as fh:
-        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader, None)
-        if header is None or "sentence" not in header or "label" not in header:
-            raise ValueError(
-                f"{path}: expected a header with columns 'sentence' and 'label'; got {header!r}"
-            )
-        si, li = header.index("sentence"), header.index("label")
-        for lineno, row in enumerate(reader, 2):
-            if not row:
-                continue
-            try:
+    lineno = 1
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+            header = next(reader, None)
+            if header is None or "sentence" not in header or "label" not in header:
+                raise ValueError(
+                    f"{path}: expected a header with columns 'sentence' and 'label'; got {header!r}"
+                )
+            si, li = header.index("sentence"), header.index("label")
+            for lineno, row in enumerate(reader, 2):
+                if not row:
+                    continue
+                if len(row) <= max(si, li) or row[li].strip() not in ("0", "1"):
+                    raise ValueError(
+                        f"{path} line {lineno}: expected a sentence and a label 0 or 1, got "
+                        f"{row[:3]!r}"
+                    )
                 texts.append(row[si].strip())
                 labels.append(int(row[li]))
-            except (IndexError, ValueError) as exc:
-                raise ValueError(f"{path} line {lineno}: malformed row {row!r}") from exc
+    except csv.Error as exc:  # e.g. a field over csv's size limit
+        raise ValueError(f"{path} line {lineno + 1}: {exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
     return TextDataset(tuple(texts), tuple(labels), f"SST-2 {path.stem}")
 
 

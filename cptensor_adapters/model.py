@@ -244,7 +244,28 @@ def _modules_to_save_paths(model: nn.Module, keys: Sequence[str], targets: set[s
             f"modules_to_save: {unmatched!r} match no module (names match a module path exactly "
             f"or as a dotted suffix); top-level modules: {[n for n, _ in model.named_children()]}"
         )
+    _check_untied(model, paths)
     return paths
+
+
+def _check_untied(model: nn.Module, paths: list[str]) -> None:
+    """A module saved in full must not share a parameter with another module (GPT-2's
+    ``wte`` and ``lm_head``): its trainable copy would leave the other one behind, and
+    copies of both would silently untie them."""
+    owners: dict[int, list[str]] = {}
+    for path, m in model.named_modules(remove_duplicate=False):
+        for _, p in m.named_parameters(recurse=False):
+            owners.setdefault(id(p), []).append(path)
+    for path in paths:
+        for _, p in model.get_submodule(path).named_parameters():
+            mine = (path, path + ".")
+            others = [o for o in owners.get(id(p), []) if o != path and not o.startswith(mine[1])]
+            if others:
+                raise ValueError(
+                    f"modules_to_save: {path!r} shares its weights with {others[0]!r} (tied "
+                    "embeddings); a trainable copy would untie them. Untie them first (e.g. "
+                    "clone the output layer's weight and set config.tie_word_embeddings=False)"
+                )
 
 
 def adapter_names(model: nn.Module) -> tuple[str, ...]:

@@ -105,3 +105,13 @@ def test_remove_a_merged_adapter_inside_disabled():
 def test_a_head_split_typo_is_named():
     with pytest.raises(ValueError, match=r"head_split: \['zz'\] name no matrix"):
         cpa.attach(_tiny("bert"), cpa.AdapterConfig(r=1, head_split={"zz": "in"}))
+
+
+def test_tied_modules_to_save_are_refused():
+    """``wte`` of GPT-2 is tied to ``lm_head``: saving one left the other behind."""
+    import transformers
+
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=32, n_layer=1, n_head=4))
+    for keys in (["wte"], ["wte", "lm_head"]):
+        with pytest.raises(ValueError, match=r"'transformer\.wte' shares its weights with"):
+            cpa.attach(copy.deepcopy(model), cpa.AdapterConfig(r=1, modules_to_save=keys))

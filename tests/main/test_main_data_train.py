@@ -61,6 +61,25 @@ def test_sst2_loader(tmp_path):
         load_sst2(tmp_path)
 
 
+@pytest.mark.parametrize(
+    "body, match",
+    [
+        ("fine\t7\n", r"line 2: expected a sentence and a label 0 or 1"),
+        ("fine\t-1\n", "label 0 or 1"),
+        ("lonely\n", "label 0 or 1"),
+        ("x" * 200_000 + "\t1\n", "line 2: field larger than field limit"),
+    ],
+)
+def test_sst2_rows_are_checked(tmp_path, body, match):
+    """Labels like 7 or -1 were accepted until training crashed; an overlong field raised
+    csv.Error."""
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\ngood\t1\n")
+    (tmp_path / "dev.tsv").write_text("sentence\tlabel\n" + body)
+    with pytest.raises(ValueError, match=match) as err:
+        load_sst2(tmp_path)
+    assert "dev.tsv" in str(err.value)
+
+
 @needs_glue
 def test_real_sst2():
     s = load_sst2(glue_dir())
