@@ -26,6 +26,7 @@ import math
 import os
 import sys
 import warnings
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,10 @@ PROG = "cptensor"
 
 class CLIError(Exception):
     """Bad input: reported as one line, exit status 2."""
+
+
+#: Most ranks one ``--ranks`` may name (checked before the list is built).
+MAX_RANKS = 1024
 
 
 def parse_ranks(text: str) -> list[int]:
@@ -60,6 +65,11 @@ def parse_ranks(text: str) -> list[int]:
                 lo, hi = int(lo_s), int(hi_s)
                 if lo > hi:
                     raise CLIError(f"rank range {part!r} is empty (start > end)")
+                if hi - lo + 1 + len(out) > MAX_RANKS:
+                    raise CLIError(
+                        f"ranks {text!r} name more than {MAX_RANKS} ranks; a sweep takes a few "
+                        "(each rank is a set of fits)"
+                    )
                 out.update(range(lo, hi + 1))
             else:
                 out.add(int(part))
@@ -80,15 +90,19 @@ def _load_tensor(path: str) -> np.ndarray:
         magic = fh.read(6)
     if magic != b"\x93NUMPY" and not magic.startswith(b"PK\x03\x04"):
         raise CLIError(f"{path}: not a tensor (expected a .npy file written by numpy.save)")
+    if magic == b"\x93NUMPY":
+        _check_npy_header(p)
     try:
         obj = np.load(p, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+        if isinstance(obj, np.lib.npyio.NpzFile):
+            obj = {name: _npz_member(p, obj, name) for name in obj.files}
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
         raise CLIError(
             f"{path}: not a tensor (expected a .npy file written by numpy.save; "
             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
         ) from None
-    if isinstance(obj, np.lib.npyio.NpzFile):
-        names = list(obj.files)
+    if isinstance(obj, dict):
+        names = list(obj)
         if len(names) != 1:
             raise CLIError(
                 f"{path}: an .npz archive with {len(names)} arrays {names}; "
@@ -105,6 +119,50 @@ def _load_tensor(path: str) -> np.ndarray:
     if not np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float64)
     return x
+
+
+def _npy_header(fh: Any) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from a ``.npy`` header (format versions 1.0 and 2.0)."""
+    fmt = np.lib.format
+    version = fmt.read_magic(fh)
+    if version == (1, 0):
+        shape, _, dtype = fmt.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, _, dtype = fmt.read_array_header_2_0(fh)
+    else:
+        raise ValueError(f".npy format version {version} is not supported (1.0, 2.0)")
+    return shape, dtype
+
+
+def _check_npy_header(p: Path) -> None:
+    """The shape and dtype a ``.npy`` header declares must fit in the file: a crafted header
+    declaring (1e5)³ elements would otherwise make NumPy allocate before reading."""
+    size = p.stat().st_size
+    try:
+        with open(p, "rb") as fh:
+            shape, dtype = _npy_header(fh)
+            start = fh.tell()
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        raise CLIError(f"{p}: not a .npy file ({str(exc).splitlines()[0]})") from None
+    need = math.prod(shape) * dtype.itemsize
+    if need > size - start:
+        raise CLIError(
+            f"{p}: the header declares shape {shape} of {dtype} ({need:,} bytes) but the file "
+            f"holds {size - start:,} bytes of data"
+        )
+
+
+def _npz_member(p: Path, archive: Any, name: str) -> Any:
+    """One array of an ``.npz`` archive, its declared size checked against the archive's."""
+    info = archive.zip.getinfo(name if name.endswith(".npy") else name + ".npy")
+    with archive.zip.open(info) as fh:
+        shape, dtype = _npy_header(fh)
+    if math.prod(shape) * dtype.itemsize > info.file_size:
+        raise CLIError(
+            f"{p}: member {name!r} declares shape {shape} of {dtype}, more than its "
+            f"{info.file_size:,} bytes"
+        )
+    return archive[name]
 
 
 def _max_rank(shape: Sequence[int]) -> int:
@@ -148,9 +206,29 @@ def _say(args: argparse.Namespace) -> Callable[[str], None]:
 
 
 # -- subcommands ------------------------------------------------------------------------
+def _check_out(out: str | None, kind: str) -> None:
+    """Refuse, before any work, an output that cannot be written: a directory where a file
+    is wanted or the other way round, or a parent that is a file."""
+    if out is None:
+        return
+    p = Path(out)
+    if kind == "dir" and p.exists() and not p.is_dir():
+        raise CLIError(f"--out {out}: exists and is not a directory")
+    if kind == "file" and p.is_dir():
+        raise CLIError(f"--out {out}: is a directory; expected a file name such as cp.npz")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CLIError(f"--out {out}: {parent} is not a directory")
+            if not os.access(parent, os.W_OK):
+                raise CLIError(f"--out {out}: {parent} is not writable")
+            break
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     from cptensor.fit import fit_als
 
+    _check_out(args.out, "file")
     x = _load_tensor(args.tensor)
     if args.rank < 1:
         raise CLIError(f"--rank must be a positive integer; got {args.rank}")
@@ -204,6 +282,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from cptensor.analysis import rank_sweep
 
     ranks = parse_ranks(args.ranks)
+    _check_out(args.out, "dir")
     x = _load_tensor(args.tensor)
     _check_rank_range(ranks, x.shape)
     if args.starts < 1:
@@ -285,6 +364,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from .deltas import extract_delta
 
     ranks = parse_ranks(args.ranks)
+    _check_out(args.out, "dir")
     for p in (args.base, args.tuned):
         if not Path(p).exists():
             raise CLIError(f"{p}: no such file or directory")
@@ -310,6 +390,7 @@ def _cmd_analyze_adapter(args: argparse.Namespace) -> int:
     from .deltas import extract_adapter_delta
 
     ranks = parse_ranks(args.ranks)
+    _check_out(args.out, "dir")
     if not Path(args.adapter_dir).exists():
         raise CLIError(f"{args.adapter_dir}: no such directory")
     say = _say(args)
@@ -567,10 +648,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             if args.json or args.quiet:
                 warnings.simplefilter("ignore")
-            return int(args.func(args))
+            status = int(args.func(args))
+            sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+            return status
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout went away (e.g. `| head -1`)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that Python's exit flush stays quiet
+        return 141
     except (
         CLIError,
         FileNotFoundError,

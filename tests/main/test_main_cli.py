@@ -280,3 +280,46 @@ def test_analyze_adapter_bad_directories(saved_lorta, tmp_path, capsys):
         "adapter_config.json",
     )
     assert not (tmp_path / "o").exists()  # nothing written on failure
+
+
+def _npy_declaring(path, shape: tuple[int, ...]) -> None:
+    header = f"{{'descr': '<f8', 'fortran_order': False, 'shape': {shape}, }}"
+    header += " " * (118 - len(header)) + "\n"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode())
+
+
+def test_crafted_inputs_and_outputs_are_one_line_errors(planted, tmp_path, capsys):
+    """Each was a traceback (BadZipFile, _ArrayMemoryError, FileExistsError after the whole
+    computation) or a list built before validation (--ranks 1-100000000)."""
+    bad_zip = tmp_path / "bad.npz"
+    bad_zip.write_bytes(b"PK\x03\x04 not really a zip")
+    _bad(capsys, ["fit", str(bad_zip), "--rank", "1"], "not a tensor")
+    huge = tmp_path / "huge.npy"
+    _npy_declaring(huge, (100000, 100000, 100000))
+    _bad(capsys, ["fit", str(huge), "--rank", "1"], "the header declares shape (100000")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    _bad(capsys, ["sweep", str(planted), "--out", str(a_file)], "exists and is not a directory")
+    _bad(capsys, ["fit", str(planted), "--rank", "1", "--out", str(a_file / "cp")], "not a dir")
+    _bad(capsys, ["fit", str(planted), "--rank", "1", "--out", str(tmp_path)], "is a directory")
+    _bad(capsys, ["sweep", str(planted), "--ranks", "1-100000000"], "more than 1024 ranks")
+
+
+def test_a_closed_pipe_is_not_an_error(planted, monkeypatch, capsys):
+    """`cptensor ... --json | head -1`: the reader goes away; no BrokenPipeError traceback."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    closed = os.fdopen(write_end, "w")
+    monkeypatch.setattr(sys, "stdout", closed)
+    try:
+        status = main(["sweep", str(planted), "--ranks", "1-2", "--json", "--quiet"])
+    finally:
+        monkeypatch.undo()
+        try:
+            closed.close()
+        except BrokenPipeError:
+            pass
+    assert status == 141
+    assert "Traceback" not in capsys.readouterr().err
