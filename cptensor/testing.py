@@ -466,6 +466,9 @@ def assert_cp_equivalent(
 
     wa, fa = host(a)
     wb, fb = host(b)
+    for label, w, fs in (("actual", wa, fa), ("desired", wb, fb)):
+        if not (np.all(np.isfinite(w)) and all(np.all(np.isfinite(f)) for f in fs)):
+            raise AssertionError(f"{label} holds NaN or infinite values")
     # Congruence of components (R × R); weights break ties among identical directions.
     cong = np.ones((a.rank, b.rank))
     for x, y in zip(fa, fb):

@@ -71,6 +71,8 @@ def _store(model: nn.Module) -> FactorStore | None:
 
 
 def _require_store(model: nn.Module) -> FactorStore:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     store = _store(model)
     if store is None:
         raise ValueError(
@@ -149,6 +151,8 @@ def attach(
         >>> sum(p.numel() for p in model.parameters() if p.requires_grad)
         200
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     config = AdapterConfig() if config is None else config
     if not isinstance(config, AdapterConfig):
         raise TypeError(f"config: expected an AdapterConfig, got {type(config).__name__}")
@@ -342,7 +346,15 @@ def set_active(model: nn.Module, names: str | Sequence[str]) -> nn.Module:
         ('default', 'b')
     """
     store = _require_store(model)
-    names = (names,) if isinstance(names, str) else tuple(names)
+    if isinstance(names, str):
+        names = (names,)
+    elif isinstance(names, Sequence) and all(isinstance(n, str) for n in names):
+        names = tuple(names)
+    else:
+        raise TypeError(
+            f"names: expected an adapter name or a list of names ([] deactivates all), got "
+            f"{names!r}"
+        )
     missing = [n for n in names if n not in store.adapters]
     if missing:
         raise KeyError(f"names: no adapter(s) {missing}; the model has {list(store.adapters)}")
@@ -655,7 +667,7 @@ def as_cp(model: nn.Module, name: str = "default", group: int | None = None) -> 
                 f"{len(a.groups) - 1} (see adapter_groups(model, name))"
             )
         group = 0
-    if not 0 <= group < len(a.groups):
+    if isinstance(group, bool) or not isinstance(group, int) or not 0 <= group < len(a.groups):
         raise ValueError(f"group: expected 0..{len(a.groups) - 1}, got {group}")
     factors = [f.detach().clone() for f in a.groups[group].factor_list()]
     weights = torch.full(

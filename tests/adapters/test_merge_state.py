@@ -115,3 +115,19 @@ def test_tied_modules_to_save_are_refused():
     for keys in (["wte"], ["wte", "lm_head"]):
         with pytest.raises(ValueError, match=r"'transformer\.wte' shares its weights with"):
             cpa.attach(copy.deepcopy(model), cpa.AdapterConfig(r=1, modules_to_save=keys))
+
+
+@pytest.mark.parametrize(
+    "call, exc, match",
+    [
+        (lambda m: cpa.set_active(m, None), TypeError, "names: expected an adapter name"),
+        (lambda m: cpa.set_active(m, 5), TypeError, "names: expected"),
+        (lambda m: cpa.as_cp(m, group=1.5), ValueError, "group: expected 0..0, got 1.5"),
+        (lambda m: cpa.attach("str"), TypeError, "model: expected a torch.nn.Module"),
+        (lambda m: cpa.merge(["m"]), TypeError, "model: expected a torch.nn.Module"),
+    ],
+)
+def test_bad_api_arguments_are_named(call, exc, match):
+    model = cpa.attach(_tiny("bert"), cpa.AdapterConfig(r=1))
+    with pytest.raises(exc, match=match):
+        call(model)

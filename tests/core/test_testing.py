@@ -190,3 +190,15 @@ def test_assert_allclose_backends_and_messages():
     # CP tensors compare through their dense values
     cp = ct.CPTensor(None, [np.ones((2, 1)), np.ones((3, 1))])
     assert_allclose(cp, np.ones((2, 3)))
+
+
+def test_assert_cp_equivalent_fails_on_nan_as_an_assertion():
+    """It raised numpy's ValueError from the assignment solver instead."""
+    import numpy as np
+
+    import cptensor as ct
+    from cptensor.testing import assert_cp_equivalent
+
+    a = ct.init.random((4, 5, 6), 2, seed=0)
+    with pytest.raises(AssertionError, match="desired holds NaN"):
+        assert_cp_equivalent(a, ct.CPTensor(a.weights * np.nan, a.factors))
