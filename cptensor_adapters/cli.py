@@ -365,6 +365,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
     ranks = parse_ranks(args.ranks)
     _check_out(args.out, "dir")
+    if args.heads is not None and args.heads < 1:
+        raise CLIError(f"--heads must be a positive integer; got {args.heads}")
     for p in (args.base, args.tuned):
         if not Path(p).exists():
             raise CLIError(f"{p}: no such file or directory")

@@ -272,13 +272,14 @@ def _update_geometry(
 def _heads_from_config(cfg: Mapping[str, Any]) -> int | None:
     for k in ("num_attention_heads", "n_head", "num_heads"):
         if k in cfg:
+            heads = _positive_int(cfg[k], f"config {k}")
             kv = cfg.get("num_key_value_heads")
-            if kv is not None and kv != cfg[k]:
+            if kv is not None and _positive_int(kv, "config num_key_value_heads") != heads:
                 raise ValueError(
-                    f"the model uses grouped-query attention ({cfg[k]} query heads, {kv} "
+                    f"the model uses grouped-query attention ({heads} query heads, {kv} "
                     "key/value heads); extract_delta's LoRTA grid needs equal-sized Q, K, V, O"
                 )
-            return int(cfg[k])
+            return heads
     return None
 
 
@@ -320,7 +321,7 @@ class _Source:
         self.description = f"checkpoint {p}"
         cfg_path = (p.parent if p.is_file() else p) / "config.json"
         if cfg_path.is_file():
-            self.config = json.loads(cfg_path.read_text())
+            self.config = _read_json_object(cfg_path, self.what)
         self._files = {}
         self.shapes = {}
         for f in files:
@@ -348,7 +349,13 @@ class _Source:
 
             with safe_open(str(self._files[name]), framework="pt") as h:
                 t = h.get_tensor(name)
-        return t.float().cpu().numpy()
+        if not t.dtype.is_floating_point:
+            raise ValueError(f"{self.what}: weight {name!r} has dtype {t.dtype}, not floating")
+        out = t.float().cpu().numpy()
+        if not np.isfinite(out).all():
+            where = self._files[name] if self._tensors is None else self.description
+            raise ValueError(f"{self.what}: weight {name!r} in {where} holds NaN or inf values")
+        return out
 
 
 def _block_of(
@@ -605,6 +612,11 @@ def _load_config(base_config: Any) -> dict[str, Any]:
         return dict(base_config)
     if hasattr(base_config, "to_dict"):
         return base_config.to_dict()
+    if not isinstance(base_config, (str, os.PathLike)):
+        raise ValueError(
+            f"base_config: expected a config dict, a transformers config or a path to "
+            f"config.json, got {type(base_config).__name__}"
+        )
     p = Path(base_config)
     if p.is_dir():
         p = p / "config.json"
@@ -613,18 +625,35 @@ def _load_config(base_config: Any) -> dict[str, Any]:
             f"base_config: {str(p)!r} does not exist; expected a config "
             "dict, a transformers config, or a path to config.json"
         )
-    return json.loads(p.read_text())
+    return _read_json_object(p, "base_config")
+
+
+def _read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from a regular file of bounded size; ValueError naming the file."""
+    from ._files import read_regular_file
+
+    try:
+        data = json.loads(read_regular_file(path, what).decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError(
+            f"{what}: {path} is not valid JSON ({type(exc).__name__}; UTF-8 JSON expected)"
+        ) from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what}: {path} holds a JSON {type(data).__name__}, expected an object")
+    return data
+
+
+def _positive_int(value: Any, what: str, limit: int = 1 << 20) -> int:
+    """``value`` as an integer in ``1..limit``; ValueError naming ``what`` otherwise."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not ok or not 1 <= value <= limit:
+        raise ValueError(f"{what}: expected an integer from 1 to {limit:,}, got {value!r}")
+    return int(value)
 
 
 def _read_adapter_json(path: Path) -> dict[str, Any]:
     """``adapter_config.json`` as a dict; ValueError naming the file when it is not one."""
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} holds a JSON {type(data).__name__}, expected an object")
-    return data
+    return _read_json_object(path, "adapter config")
 
 
 def _adapter_dir(path: str | os.PathLike[str], arg: str) -> Path:
@@ -671,6 +700,9 @@ def _read_safetensors(path: Path, keep: Callable[[str], bool]) -> tuple[dict[str
         ) from None
     return out, keys
 
+
+#: Largest layer count a delta may declare (no transformer has more).
+MAX_LAYERS = 4096
 
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<name>[^.]+))?\.weight$")
 
@@ -740,15 +772,17 @@ def extract_lora_delta(
         if (cand / "config.json").is_file():
             base_config = cand
     cfg = _load_config(base_config)
-    r_default = int(acfg.get("r", 8))
-    alpha_default = float(acfg.get("lora_alpha", r_default))
+    r_default = _positive_int(acfg.get("r", 8), f"{cfg_path}: r")
+    alpha_default = _finite_number(acfg.get("lora_alpha", r_default), f"{cfg_path}: lora_alpha")
     rslora = bool(acfg.get("use_rslora", False))
+    ranks = _pattern(acfg.get("rank_pattern"), f"{cfg_path}: rank_pattern", integer=True)
+    alphas = _pattern(acfg.get("alpha_pattern"), f"{cfg_path}: alpha_pattern", integer=False)
     ab: dict[str, dict[str, np.ndarray]] = {}
     lora_tensors, _ = _read_safetensors(w_path, lambda k: _LORA_KEY.match(k) is not None)
     for k, t in lora_tensors.items():
         m = _LORA_KEY.match(k)
         assert m is not None
-        ab.setdefault(m["module"], {})[m["ab"]] = t.float().numpy()
+        ab.setdefault(m["module"], {})[m["ab"]] = _finite_factor(t, k, w_path)
     if not ab:
         raise ValueError(f"{w_path}: no lora_A / lora_B weights found")
     shapes = {}
@@ -756,11 +790,14 @@ def extract_lora_delta(
         if set(parts) != {"A", "B"}:
             raise ValueError(f"{w_path}: {module} has lora_{next(iter(parts))} only")
         a, b = parts["A"], parts["B"]
+        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+            raise ValueError(
+                f"{w_path}: {module} has lora_A {a.shape} and lora_B {b.shape}; expected "
+                "(r, in) and (out, r)"
+            )
         # GPT-2 Conv1D LoRA still stores A (r, in) and B (out, r) in Linear orientation.
         shapes[module + ".weight"] = (b.shape[0], a.shape[1])
     geo = _update_geometry(shapes, _heads_from_config(cfg), "adapter", cfg)
-    ranks = acfg.get("rank_pattern") or {}
-    alphas = acfg.get("alpha_pattern") or {}
     pairs: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
     matched = []
     for (l, m), (name, _, sl) in geo.keys.items():
@@ -778,6 +815,34 @@ def extract_lora_delta(
         f"{geo.n_layers * 4}; scale {'alpha/sqrt(r)' if rslora else 'alpha/r'}"
     ]
     return LowRankDelta(geo.shape, pairs, matched, acfg, notes)
+
+
+def _finite_number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{what}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _pattern(value: Any, what: str, *, integer: bool) -> dict[str, float]:
+    """PEFT's ``rank_pattern``/``alpha_pattern``: module-name suffix → rank or alpha."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ValueError(f"{what}: expected an object module name -> value, got {value!r}")
+    check = _positive_int if integer else _finite_number
+    return {k: check(v, f"{what}[{k!r}]") for k, v in value.items()}
+
+
+def _finite_factor(t: Any, key: str, path: Path) -> np.ndarray:
+    """A stored factor as float NumPy, refused unless floating and finite."""
+    import torch
+
+    if not t.dtype.is_floating_point:
+        raise ValueError(f"{path}: tensor {key!r} has dtype {t.dtype}; expected a floating type")
+    out = t.numpy() if t.dtype == torch.float64 else t.float().numpy()
+    if not np.isfinite(out).all():
+        raise ValueError(f"{path}: tensor {key!r} holds NaN or infinite values")
+    return out
 
 
 def extract_adapter_delta(
@@ -872,6 +937,8 @@ def _cp_adapter_delta(
     cfg_path: Path, w_path: Path, meta: Mapping[str, Any], base_config: Any
 ) -> LowRankDelta:
     """:func:`extract_adapter_delta` for a directory written by ``save_adapter``."""
+    import torch
+
     from .config import AdapterConfig
     from .grid import ATTENTION_ROLES, WeightGrid
     from .io import FORMAT_VERSION
@@ -951,8 +1018,15 @@ def _cp_adapter_delta(
     if bad_layer is not None:
         raise ValueError(f"{cfg_path}: target {bad_layer.name!r} has layer {bad_layer.layer!r}")
     last = max(t.layer for t in attn)
+    if last >= MAX_LAYERS:
+        raise ValueError(
+            f"{cfg_path}: a target is in layer {last}; this reader accepts layers below "
+            f"{MAX_LAYERS:,}"
+        )
     n_layers = cfg.get("num_hidden_layers", cfg.get("n_layer"))
-    if n_layers is not None and int(n_layers) <= last:
+    if n_layers is not None:
+        n_layers = _positive_int(n_layers, "base_config num_hidden_layers", MAX_LAYERS)
+    if n_layers is not None and n_layers <= last:
         raise ValueError(f"base_config: {n_layers} layers, but the adapter targets layer {last}")
     L = max(int(n_layers or 0), last + 1)
 
@@ -973,7 +1047,7 @@ def _cp_adapter_delta(
                     f"{w_path}: tensor {key!r} has shape {tuple(t.shape)}, its config "
                     f"needs ({size}, {config.r})"
                 )
-            fs[mode] = t.double()
+            fs[mode] = torch.from_numpy(_finite_factor(t, key, w_path)).double()
         groups.append(fs)
     extra = sorted(k for k in tensors if k.startswith("groups.") and k not in expected)
     if extra:

@@ -143,7 +143,9 @@ def read_adapter_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         meta = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ValueError(f"path: {file} is not valid UTF-8 JSON ({type(exc).__name__})") from None
+        raise ValueError(
+            f"path: {file} is not valid JSON ({type(exc).__name__}; UTF-8 JSON expected)"
+        ) from None
     if not isinstance(meta, dict):
         raise ValueError(f"path: {file} holds a JSON {type(meta).__name__}, expected an object")
     if meta.get("format") != FORMAT:
