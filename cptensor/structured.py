@@ -263,10 +263,12 @@ class _SafetensorsReader:
 
         self.path = str(path)
         self.framework = framework
-        with open(self.path, "rb") as f:
-            info = os.fstat(f.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise ValueError(f"{self.path} is not a regular file")
+        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO never blocks
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise ValueError(f"{self.path} is not a regular file")
+        with os.fdopen(fd, "rb") as f:
             head = f.read(8)
             n = int.from_bytes(head, "little") if len(head) == 8 else 0
             head += f.read(min(n, _ST_MAX_HEADER, max(info.st_size - 8, 0)))

@@ -86,6 +86,8 @@ def _load_tensor(path: str) -> np.ndarray:
         raise CLIError(f"{path}: no such file")
     if p.is_dir():
         raise CLIError(f"{path}: is a directory, expected a .npy file holding a tensor")
+    if not p.is_file():
+        raise CLIError(f"{path}: not a regular file, expected a .npy file holding a tensor")
     with open(p, "rb") as fh:
         magic = fh.read(6)
     if magic != b"\x93NUMPY" and not magic.startswith(b"PK\x03\x04"):

@@ -313,6 +313,9 @@ class _Source:
         if not p.exists():
             raise FileNotFoundError(f"{self.what}: {str(p)!r} does not exist")
         files = [p] if p.is_file() else sorted(p.glob("*.safetensors"))
+        odd = [f for f in files if not f.is_file()]
+        if odd:
+            raise ValueError(f"{self.what}: {odd[0]} is not a regular file")
         if not files:
             raise FileNotFoundError(
                 f"{self.what}: no *.safetensors file in {str(p)!r}; expected a checkpoint "
@@ -1130,6 +1133,8 @@ def lowrank_delta_from_weights(
     mats: dict[str, np.ndarray] = {}
     for k, v in weights.items():
         a = v.detach().float().cpu().numpy() if hasattr(v, "detach") else np.asarray(v, float)
+        if not np.isfinite(a).all():
+            raise ValueError(f"weights[{k!r}] holds NaN or infinite values")
         if a.ndim != 2:
             raise ValueError(f"weights[{k!r}] has shape {a.shape}; expected a 2-D ΔW (out × in)")
         key = k if k.endswith(".weight") else k + ".weight"

@@ -145,3 +145,51 @@ def test_heads_must_be_positive(tiny_bert_pair, tmp_path, capsys):
         argv = ["analyze", str(base), str(tuned), "--heads", heads, "--out", str(tmp_path)]
         assert main(argv) == 2
         assert "--heads must be a positive integer" in capsys.readouterr().err
+
+
+def test_fifos_never_block_a_reader(tmp_path, own_dir, tiny_bert_pair, capsys):
+    """Every file-reading entry point, given a FIFO, answers within a time bound."""
+    import os
+    import signal
+
+    from cptensor import BlockTensor
+
+    def expire(signum, frame):
+        raise TimeoutError("a reader blocked on a FIFO")
+
+    fifo = tmp_path / "x.safetensors"
+    os.mkfifo(fifo)
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, 20)
+    try:
+        with pytest.raises(ValueError, match="not a regular file"):
+            BlockTensor.from_safetensors(fifo, lambda k: "a", (2, 2), (0,))
+        (own_dir / "adapter_config.json").unlink()
+        os.mkfifo(own_dir / "adapter_config.json")
+        with pytest.raises((ValueError, FileNotFoundError)):
+            extract_adapter_delta(own_dir)
+        ckpt = tmp_path / "ckpt"
+        ckpt.mkdir()
+        os.mkfifo(ckpt / "model.safetensors")
+        with pytest.raises(ValueError, match="not a regular file"):
+            extract_delta(ckpt, tiny_bert_pair[1])
+        npy = tmp_path / "x.npy"
+        os.mkfifo(npy)
+        assert main(["fit", str(npy), "--rank", "1"]) == 2
+        assert "not a regular file" in capsys.readouterr().err
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_non_finite_dense_updates_are_named():
+    import numpy as np
+
+    from cptensor_adapters.deltas import lowrank_delta_from_weights
+
+    w = {
+        f"encoder.layer.0.attention.{n}": np.full((16, 16), np.nan)
+        for n in ("self.query", "self.key", "self.value", "output.dense")
+    }
+    with pytest.raises(ValueError, match="NaN or infinite"):  # was "SVD did not converge"
+        lowrank_delta_from_weights(w, n_heads=4)
