@@ -300,12 +300,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     payload = json.loads(sw.to_json())
     payload["tensor"] = args.tensor
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        from ._files import atomic_savefig, atomic_write_text
+        from ._files import replaced_directory
 
-        atomic_write_text(out / "sweep.json", sw.to_json(indent=2))
-        atomic_savefig(sw.plot(), out / "sweep.png", dpi=110)
+        out = Path(args.out)
+        fig = sw.plot()
+        with replaced_directory(out) as tmp:  # sweep.json and sweep.png of one run, always
+            (tmp / "sweep.json").write_text(sw.to_json(indent=2))
+            fig.savefig(tmp / "sweep.png", dpi=110)
         payload["out"] = str(out)
     cols = ["rank", "best_fit", "fit_spread", "core_consistency", "stability", "degeneracy"]
     lines = [

@@ -1452,18 +1452,21 @@ class DeltaReport:
         return figs
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``report.md``, ``report.json`` and the PNG figures to ``directory``.
+        """Write ``report.md``, ``report.json`` and the PNG figures to ``directory``, as
+        one atomic replacement of the directory (a crash leaves the previous report or
+        this one, never a mix; other files in the directory are kept).
 
         Returns the directory (created if needed).
         """
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        from ._files import atomic_savefig, atomic_write_text
+        from ._files import replaced_directory
 
-        atomic_write_text(out / "report.json", json.dumps(self.to_dict(), indent=2))
-        atomic_write_text(out / "report.md", self.markdown())
-        for name, fig in self.figures().items():
-            atomic_savefig(fig, out / name, dpi=110)
+        out = Path(directory)
+        figures = self.figures()
+        with replaced_directory(out) as tmp:
+            (tmp / "report.json").write_text(json.dumps(self.to_dict(), indent=2))
+            (tmp / "report.md").write_text(self.markdown())
+            for name, fig in figures.items():
+                fig.savefig(tmp / name, dpi=110)
         return out
 
 
