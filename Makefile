@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(PY) -m ruff check cptensor cptensor_adapters tests benchmarks docs
 	# Two pytest workers on two cores: one BLAS/OpenMP thread each, or small GEMMs crawl.
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n 2 -q
-	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet -d site
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d site
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

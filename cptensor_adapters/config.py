@@ -45,8 +45,11 @@ class AdapterConfig:
             ``None``: float32 when the targets are float16/bfloat16, else their dtype.
         modules_to_save: module names (exact or dotted suffix) trained in full beside the
             adapter, e.g. ``["classifier"]``.
-        roles, num_heads, num_kv_heads, head_dim: geometry for architectures this library
+        roles: module-name suffix → ``"q"|"k"|"v"|"o"`` for architectures this library
             does not know (see :meth:`WeightGrid.from_model`).
+        num_heads: number of attention heads, when the model's config does not say it.
+        num_kv_heads: number of key/value heads (grouped-query attention), likewise.
+        head_dim: size of one head, likewise.
 
     Raises:
         ValueError: a field out of range, naming the field, the value and what was expected.

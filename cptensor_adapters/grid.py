@@ -397,9 +397,12 @@ class WeightGrid:
                 matched against full module paths (``re.fullmatch``), as in PEFT.
             roles: for other architectures, module-name suffix → ``"q"|"k"|"v"|"o"``: these
                 modules are attention projections with heads.
-            num_heads, num_kv_heads, head_dim: head geometry; default from
-                ``model.config`` (``num_attention_heads``/``n_head``,
-                ``num_key_value_heads``, ``head_dim``); explicit values win.
+            num_heads: number of attention heads; default from ``model.config``
+                (``num_attention_heads``/``n_head``); an explicit value wins.
+            num_kv_heads: number of key/value heads; default ``num_key_value_heads`` of
+                the config, else ``num_heads``.
+            head_dim: size of one head; default ``head_dim`` of the config, else hidden
+                size over ``num_heads``.
 
         Returns:
             The grid.
