@@ -185,6 +185,10 @@ def _weight_shape(module: nn.Module) -> tuple[int, int, Storage]:
     raise TypeError(f"unsupported module type {type(module).__name__}")
 
 
+#: Name of the class attribute by which adapter modules tell the grid what they are.
+WRAPPER_ROLE = "cp_adapter_role"
+
+
 def _suffix_match(path: str, key: str) -> bool:
     return path == key or path.endswith("." + key)
 
@@ -192,17 +196,20 @@ def _suffix_match(path: str, key: str) -> bool:
 def iter_weight_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """Yield ``(path, module)`` for every ``Linear``/``Conv1D`` of ``model``, seeing through
     adapter wrappers (their base layer is reported under the wrapper's path) and skipping the
-    factor store and ``modules_to_save`` wrappers."""
-    from .modules import CPAdapterLayer, FactorStore, ModulesToSaveWrapper
+    factor store and ``modules_to_save`` wrappers.
 
+    The adapter classes say what they are with a class attribute :data:`WRAPPER_ROLE`
+    (``"wraps"``: report ``base_layer``; ``"skip"``: not a target), so the grid needs no
+    import of the module classes."""
     skip: list[str] = []
     for path, module in model.named_modules():
         if any(path == s or path.startswith(s + ".") for s in skip):
             continue
-        if isinstance(module, CPAdapterLayer):
+        role = getattr(type(module), WRAPPER_ROLE, None)
+        if role == "wraps":
             skip.append(path)
             yield path, module.base_layer
-        elif isinstance(module, (FactorStore, ModulesToSaveWrapper)):
+        elif role == "skip":
             skip.append(path)
         elif isinstance(module, nn.Linear) or _is_conv1d(module):
             yield path, module

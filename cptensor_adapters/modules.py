@@ -149,6 +149,8 @@ class FactorStore(nn.Module):
         (['default'], ('default',))
     """
 
+    cp_adapter_role = "skip"  # not a target (see grid.iter_weight_modules)
+
     def __init__(self) -> None:
         super().__init__()
         self.adapters = nn.ModuleDict()
@@ -201,6 +203,8 @@ class CPAdapterLayer(nn.Module):
         >>> type(k).__name__, type(k.base_layer).__name__, k.in_features, k.out_features
         ('CPAdapterLayer', 'Linear', 32, 16)
     """
+
+    cp_adapter_role = "wraps"  # the grid sees base_layer (see grid.iter_weight_modules)
 
     def __init__(self, base_layer: nn.Module, store: FactorStore, module_path: str) -> None:
         super().__init__()
@@ -673,6 +677,8 @@ class ModulesToSaveWrapper(nn.Module):
         >>> type(m.classifier).__name__, list(m.classifier.modules_to_save)
         ('ModulesToSaveWrapper', ['default'])
     """
+
+    cp_adapter_role = "skip"  # saved in full, not a target (see grid.iter_weight_modules)
 
     def __init__(self, original_module: nn.Module, store: FactorStore, module_path: str) -> None:
         super().__init__()
