@@ -104,7 +104,7 @@ def test_unchanged_at_step_zero_and_aligned_with_the_gradient(arch, layout, init
     aligned = _cosine(_first_step_direction(model, batches), minus_g)
     at_random = _cosine(_first_step_direction(random_start, batches), minus_g)
     assert aligned > 0.0
-    assert aligned > 2 * at_random, (aligned, at_random)
+    assert aligned > at_random + 0.1, (aligned, at_random)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
