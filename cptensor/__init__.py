@@ -27,6 +27,7 @@ from .analysis import (
     score,
 )
 from .cp import CPTensor
+from .errors import CPTensorError
 from .fit import CPFit, fit_als, fit_gradient
 from .operator import TensorOperator, is_operator
 from .products import (
@@ -47,6 +48,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CPFit",
     "CPTensor",
+    "CPTensorError",
     "TensorOperator",
     "__version__",
     "arrange",

@@ -14,6 +14,8 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
+from .errors import CPTensorError, CPTensorTypeError
+
 Array = Any  # any array-API array (NumPy ndarray, torch.Tensor, ...)
 
 
@@ -46,12 +48,12 @@ def namespace(*arrays: Array, names: Sequence[str] | None = None) -> Any:
     kinds = []
     for label, a in zip(labels, arrays):
         if not is_array(a):
-            raise TypeError(
+            raise CPTensorTypeError(
                 f"{label}: expected an array (NumPy ndarray or torch.Tensor), "
                 f"got {type(a).__name__}"
             ) from None
         kinds.append(f"{label}: {type(a).__module__}.{type(a).__name__}")
-    raise TypeError(
+    raise CPTensorTypeError(
         "arrays from different backends cannot be mixed ("
         + ", ".join(kinds)
         + "); convert them to one library first"
@@ -77,12 +79,12 @@ def check_same_device_dtype(arrays: Sequence[Array], names: Sequence[str]) -> No
     dev0, dt0 = device(arrays[0]), arrays[0].dtype
     for name, a in zip(names[1:], arrays[1:]):
         if device(a) != dev0:
-            raise ValueError(
+            raise CPTensorError(
                 f"{name} is on device {device(a)!r} but {names[0]} is on {dev0!r}; "
                 "cptensor never moves data between devices: move them to one device first"
             )
         if a.dtype != dt0:
-            raise TypeError(
+            raise CPTensorTypeError(
                 f"{name} has dtype {a.dtype} but {names[0]} has dtype {dt0}; "
                 "cptensor never casts silently: convert them to one dtype first"
             )
@@ -140,10 +142,10 @@ def scalar(x: Array) -> float:
 def validate_mode(mode: Any, ndim: int, name: str = "mode") -> int:
     """Check a mode index against ``ndim``; negative modes count from the end."""
     if isinstance(mode, bool) or not isinstance(mode, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(mode).__name__} ({mode!r})")
+        raise CPTensorTypeError(f"{name} must be an int, got {type(mode).__name__} ({mode!r})")
     mode = int(mode)
     if not -ndim <= mode < ndim:
-        raise ValueError(
+        raise CPTensorError(
             f"{name}={mode} is out of range for a {ndim}-way tensor "
             f"(expected {-ndim} <= {name} < {ndim})"
         )

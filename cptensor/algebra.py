@@ -15,6 +15,7 @@ from ._backend import (
     validate_mode,
 )
 from .cp import CPTensor
+from .errors import CPTensorError, CPTensorTypeError
 from .operator import is_operator
 from .products import _mttkrp_one
 
@@ -54,7 +55,9 @@ def norm(x: Any) -> Any:
     if is_array(x):
         xp = namespace(x)
         return xp.linalg.vector_norm(xp.reshape(x, (-1,)))
-    raise TypeError(f"x must be a CPTensor, an array or a TensorOperator, got {type(x).__name__}")
+    raise CPTensorTypeError(
+        f"x must be a CPTensor, an array or a TensorOperator, got {type(x).__name__}"
+    )
 
 
 def inner(a: Any, b: Any) -> Any:
@@ -74,7 +77,7 @@ def inner(a: Any, b: Any) -> Any:
     a_cp, b_cp = isinstance(a, CPTensor), isinstance(b, CPTensor)
     if a_cp and b_cp:
         if a.shape != b.shape:
-            raise ValueError(f"shapes differ: a has shape {a.shape} but b has shape {b.shape}")
+            raise CPTensorError(f"shapes differ: a has shape {a.shape} but b has shape {b.shape}")
         namespace(a.factors[0], b.factors[0], names=["a", "b"])
         check_same_device_dtype([a.factors[0], b.factors[0]], ["a", "b"])
         return a.weights @ (_gram_hadamard(a.factors, b.factors) @ b.weights)
@@ -90,7 +93,7 @@ def inner(a: Any, b: Any) -> Any:
             m = b.mttkrp(list(a.factors), 0)
             return a.xp.sum(m * a.factors[0] * a.weights)
         if not is_array(b):
-            raise TypeError(
+            raise CPTensorTypeError(
                 f"{other}: expected an array, CPTensor or TensorOperator, got {type(b).__name__}"
             )
         _check_shapes(a.shape, shape_tuple(b), names)
@@ -99,7 +102,7 @@ def inner(a: Any, b: Any) -> Any:
         m = _mttkrp_one(b, list(a.factors), 0)
         return a.xp.sum(m * a.factors[0] * a.weights)
     if is_operator(a) or is_operator(b):
-        raise TypeError("inner of two TensorOperators is not supported; densify one side")
+        raise CPTensorTypeError("inner of two TensorOperators is not supported; densify one side")
     xp = namespace(a, b, names=["a", "b"])
     _check_shapes(shape_tuple(a), shape_tuple(b), ("a", "b"))
     check_same_device_dtype([a, b], ["a", "b"])
@@ -108,12 +111,14 @@ def inner(a: Any, b: Any) -> Any:
 
 def _check_shapes(sa: tuple[int, ...], sb: tuple[int, ...], names: tuple[str, str]) -> None:
     if sa != sb:
-        raise ValueError(f"shapes differ: {names[0]} has shape {sa} but {names[1]} has shape {sb}")
+        raise CPTensorError(
+            f"shapes differ: {names[0]} has shape {sa} but {names[1]} has shape {sb}"
+        )
 
 
 def _check_cp(cp: Any, name: str = "cp") -> CPTensor:
     if not isinstance(cp, CPTensor):
-        raise TypeError(f"{name} must be a cptensor.CPTensor, got {type(cp).__name__}")
+        raise CPTensorTypeError(f"{name} must be a cptensor.CPTensor, got {type(cp).__name__}")
     return cp
 
 
@@ -157,7 +162,7 @@ def permute(cp: CPTensor, perm: Sequence[int] | Array) -> CPTensor:
 
     p = np.asarray(perm.detach().cpu() if hasattr(perm, "detach") else perm)
     if p.ndim != 1 or sorted(p.tolist()) != list(range(cp.rank)):
-        raise ValueError(f"perm must be a permutation of range({cp.rank}), got {p.tolist()}")
+        raise CPTensorError(f"perm must be a permutation of range({cp.rank}), got {p.tolist()}")
     xp = cp.xp
     idx = xp.asarray(p.astype(np.int64), device=cp.device)
     return CPTensor(xp.take(cp.weights, idx, axis=0), [xp.take(f, idx, axis=1) for f in cp.factors])
@@ -201,7 +206,7 @@ def fix_signs(cp: CPTensor, reference: CPTensor | None = None) -> CPTensor:
     if reference is not None:
         reference = _check_cp(reference, "reference")
         if reference.shape != cp.shape or reference.rank != cp.rank:
-            raise ValueError(
+            raise CPTensorError(
                 f"reference has shape {reference.shape} and rank {reference.rank}, expected "
                 f"shape {cp.shape} and rank {cp.rank}"
             )
@@ -241,7 +246,7 @@ def cp_mode_product(cp: CPTensor, matrix: Array, mode: int) -> CPTensor:
     namespace(cp.factors[0], matrix, names=["cp", "matrix"])
     check_same_device_dtype([cp.factors[0], matrix], ["cp.factors[0]", "matrix"])
     if matrix.ndim != 2 or int(matrix.shape[1]) != cp.shape[mode]:
-        raise ValueError(
+        raise CPTensorError(
             f"matrix has shape {shape_tuple(matrix)}, expected (J, {cp.shape[mode]}) to "
             f"multiply mode {mode} of a CP tensor of shape {cp.shape}"
         )

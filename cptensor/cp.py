@@ -14,6 +14,7 @@ from ._backend import (
     namespace,
     shape_tuple,
 )
+from .errors import CPTensorError, CPTensorTypeError
 
 
 class CPTensor:
@@ -48,26 +49,28 @@ class CPTensor:
 
     def __init__(self, weights: Array | None, factors: Sequence[Array]) -> None:
         if is_array(factors) or not isinstance(factors, Sequence) or isinstance(factors, str):
-            raise TypeError(
+            raise CPTensorTypeError(
                 "factors must be a sequence (list or tuple) of 2-D arrays, "
                 f"got {type(factors).__name__}"
             )
         factors = tuple(factors)
         if len(factors) == 0:
-            raise ValueError("factors must hold at least one factor matrix, got an empty sequence")
+            raise CPTensorError(
+                "factors must hold at least one factor matrix, got an empty sequence"
+            )
         names = [f"factors[{n}]" for n in range(len(factors))]
         for name, f in zip(names, factors):
             if not is_array(f):
-                raise TypeError(f"{name} must be an array, got {type(f).__name__}")
+                raise CPTensorTypeError(f"{name} must be an array, got {type(f).__name__}")
         namespace(*factors, names=names)
         for name, f in zip(names, factors):
             if f.ndim != 2:
-                raise ValueError(
+                raise CPTensorError(
                     f"{name} must be 2-D of shape (I_n, rank), got shape {shape_tuple(f)}"
                 )
         for name, f in zip(names, factors):
             if not is_floating(f):
-                raise TypeError(
+                raise CPTensorTypeError(
                     f"{name} has dtype {f.dtype}; a CPTensor holds real floating values "
                     "(float16, bfloat16, float32, float64): convert the factors first, e.g. "
                     "with .astype(float) or .double()"
@@ -75,7 +78,7 @@ class CPTensor:
         rank = int(factors[0].shape[1])
         for name, f in zip(names, factors):
             if int(f.shape[1]) != rank:
-                raise ValueError(
+                raise CPTensorError(
                     f"{name} has {int(f.shape[1])} columns but factors[0] has {rank}: "
                     "all factors must have rank columns"
                 )
@@ -85,10 +88,12 @@ class CPTensor:
             weights = xp.ones((rank,), dtype=factors[0].dtype, device=device(factors[0]))
         else:
             if not is_array(weights):
-                raise TypeError(f"weights must be an array or None, got {type(weights).__name__}")
+                raise CPTensorTypeError(
+                    f"weights must be an array or None, got {type(weights).__name__}"
+                )
             namespace(factors[0], weights, names=["factors[0]", "weights"])
             if weights.ndim != 1 or int(weights.shape[0]) != rank:
-                raise ValueError(
+                raise CPTensorError(
                     f"weights must be 1-D of length rank={rank}, got shape {shape_tuple(weights)}"
                 )
             check_same_device_dtype([factors[0], weights], ["factors[0]", "weights"])
@@ -190,7 +195,7 @@ class CPTensor:
         try:
             weights, factors = cp
         except (TypeError, ValueError):
-            raise TypeError(
+            raise CPTensorTypeError(
                 "cp must be a TensorLy CPTensor or a (weights, factors) pair, "
                 f"got {type(cp).__name__}"
             ) from None

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import CPTensorError
+
 __all__ = ["DATASETS", "data_path", "load"]
 
 #: Names accepted by :func:`load`, with the file each reads and what it holds.
@@ -33,7 +35,7 @@ def data_path(name: str) -> Path:
     """
     key = name.lower()
     if key not in DATASETS:
-        raise ValueError(
+        raise CPTensorError(
             f"name={name!r} is not a known dataset; expected one of {sorted(DATASETS)}"
         )
     spec = importlib.util.find_spec("tensorly")

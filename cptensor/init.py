@@ -26,6 +26,7 @@ from ._backend import (
     to_numpy,
 )
 from .cp import CPTensor
+from .errors import CPTensorError, CPTensorTypeError
 from .operator import is_operator
 
 __all__ = ["orthogonal", "random", "svd"]
@@ -41,16 +42,18 @@ def _rng(seed: Any) -> np.random.Generator:
         return seed
     if seed is None or (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)):
         return np.random.default_rng(None if seed is None else int(seed))
-    raise TypeError(
+    raise CPTensorTypeError(
         f"seed must be an int, a numpy.random.Generator or None, got {type(seed).__name__}"
     )
 
 
 def _check_rank(rank: Any) -> int:
     if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
-        raise TypeError(f"rank must be a positive int, got {type(rank).__name__} ({rank!r})")
+        raise CPTensorTypeError(
+            f"rank must be a positive int, got {type(rank).__name__} ({rank!r})"
+        )
     if int(rank) < 1:
-        raise ValueError(f"rank must be >= 1, got {int(rank)}")
+        raise CPTensorError(f"rank must be >= 1, got {int(rank)}")
     return int(rank)
 
 
@@ -58,9 +61,11 @@ def _check_shape(shape: Any) -> tuple[int, ...]:
     try:
         out = tuple(int(s) for s in shape)
     except TypeError:
-        raise TypeError(f"shape must be a sequence of ints, got {type(shape).__name__}") from None
+        raise CPTensorTypeError(
+            f"shape must be a sequence of ints, got {type(shape).__name__}"
+        ) from None
     if not out or any(s < 1 for s in out):
-        raise ValueError(f"shape must be a non-empty sequence of positive ints, got {out}")
+        raise CPTensorError(f"shape must be a non-empty sequence of positive ints, got {out}")
     return out
 
 
@@ -68,16 +73,18 @@ def _placement(like: Any, dtype: Any, dev: Any) -> tuple[Any, Any, Any]:
     """(namespace, dtype, device) of the factors to create."""
     if like is None:
         if dev not in (None, "cpu"):
-            raise ValueError(
+            raise CPTensorError(
                 f"device={dev!r} needs like= (an array of the target backend); without like "
                 "the factors are NumPy arrays on the CPU"
             )
         dt = np.dtype(np.float64 if dtype is None else dtype)
         if dt.kind != "f":
-            raise TypeError(f"dtype must be a floating dtype, got {dt}")
+            raise CPTensorTypeError(f"dtype must be a floating dtype, got {dt}")
         return namespace(np.zeros(1)), dt, "cpu"
     if not is_array(like):
-        raise TypeError(f"like must be an array (NumPy or torch), got {type(like).__name__}")
+        raise CPTensorTypeError(
+            f"like must be an array (NumPy or torch), got {type(like).__name__}"
+        )
     xp = namespace(like)
     dt = like.dtype if dtype is None else dtype
     return xp, dt, device(like) if dev is None else dev
@@ -317,7 +324,7 @@ def svd(x: Any, rank: int, *, seed: Seed = None) -> CPTensor:
     rng = _rng(seed)
     if is_operator(x):
         if not hasattr(x, "gram"):
-            raise TypeError(
+            raise CPTensorTypeError(
                 f"init 'svd' for an operator ({type(x).__name__}) needs a gram(mode) method; "
                 "use init='random' instead"
             )
@@ -332,14 +339,16 @@ def svd(x: Any, rank: int, *, seed: Seed = None) -> CPTensor:
             cols.append(vecs)
     else:
         if not is_array(x):
-            raise TypeError(
+            raise CPTensorTypeError(
                 f"x must be an array (NumPy or torch) or a TensorOperator, got {type(x).__name__}"
             )
         namespace(x, names=["x"])
         if x.ndim < 1:
-            raise ValueError(f"x must have at least one mode, got shape {shape_tuple(x)}")
+            raise CPTensorError(f"x must have at least one mode, got shape {shape_tuple(x)}")
         if not is_floating(x):
-            raise TypeError(f"x must have a floating dtype (float32/float64), got {x.dtype}")
+            raise CPTensorTypeError(
+                f"x must have a floating dtype (float32/float64), got {x.dtype}"
+            )
         shape = shape_tuple(x)
         like = x
         x = contiguous(x)

@@ -39,6 +39,7 @@ from ._backend import (
     validate_mode,
 )
 from .cp import CPTensor
+from .errors import CPTensorError, CPTensorTypeError
 from .operator import is_operator
 
 __all__ = [
@@ -85,7 +86,7 @@ def fold(matrix: Array, mode: int, shape: Sequence[int]) -> Array:
     mode = validate_mode(mode, len(shape))
     rest = math.prod(shape) // shape[mode] if shape[mode] else 0
     if matrix.ndim != 2 or shape_tuple(matrix) != (shape[mode], rest):
-        raise ValueError(
+        raise CPTensorError(
             f"matrix has shape {shape_tuple(matrix)}, expected ({shape[mode]}, {rest}) "
             f"to fold into shape {shape} along mode {mode}"
         )
@@ -95,15 +96,17 @@ def fold(matrix: Array, mode: int, shape: Sequence[int]) -> Array:
 
 def _check_matrices(matrices: Sequence[Array], name: str) -> list[Array]:
     if isinstance(matrices, CPTensor) or not isinstance(matrices, Sequence):
-        raise TypeError(f"{name} must be a sequence of 2-D arrays, got {type(matrices).__name__}")
+        raise CPTensorTypeError(
+            f"{name} must be a sequence of 2-D arrays, got {type(matrices).__name__}"
+        )
     matrices = list(matrices)
     if not matrices:
-        raise ValueError(f"{name} must not be empty")
+        raise CPTensorError(f"{name} must not be empty")
     names = [f"{name}[{i}]" for i in range(len(matrices))]
     namespace(*matrices, names=names)
     for n, m in zip(names, matrices):
         if m.ndim != 2:
-            raise ValueError(f"{n} must be 2-D, got shape {shape_tuple(m)}")
+            raise CPTensorError(f"{n} must be 2-D, got shape {shape_tuple(m)}")
     check_same_device_dtype(matrices, names)
     return matrices
 
@@ -139,7 +142,7 @@ def khatri_rao(
     rank = int(matrices[0].shape[1])
     for i, m in enumerate(matrices):
         if int(m.shape[1]) != rank:
-            raise ValueError(
+            raise CPTensorError(
                 f"matrices[{i}] has {int(m.shape[1])} columns, expected {rank} "
                 "(all Khatri–Rao operands need the same number of columns)"
             )
@@ -147,7 +150,7 @@ def khatri_rao(
     if weights is not None:
         namespace(matrices[0], weights, names=["matrices[0]", "weights"])
         if weights.ndim != 1 or int(weights.shape[0]) != rank:
-            raise ValueError(f"weights must have shape ({rank},), got {shape_tuple(weights)}")
+            raise CPTensorError(f"weights must have shape ({rank},), got {shape_tuple(weights)}")
     return _khatri_rao(kept, weights, like=matrices[0])
 
 
@@ -223,17 +226,17 @@ def mode_product(x: Array, matrix: Array, mode: int, *, transpose: bool = False)
     size = int(x.shape[mode])
     if matrix.ndim == 1:
         if int(matrix.shape[0]) != size:
-            raise ValueError(
+            raise CPTensorError(
                 f"matrix is a vector of length {int(matrix.shape[0])}, expected {size} "
                 f"(the size of mode {mode} of x, shape {shape_tuple(x)})"
             )
         return _mode_product(x, matrix, mode)
     if matrix.ndim != 2:
-        raise ValueError(f"matrix must be 1-D or 2-D, got shape {shape_tuple(matrix)}")
+        raise CPTensorError(f"matrix must be 1-D or 2-D, got shape {shape_tuple(matrix)}")
     m = matrix.T if transpose else matrix
     if int(m.shape[1]) != size:
         expected = f"({size}, J)" if transpose else f"(J, {size})"
-        raise ValueError(
+        raise CPTensorError(
             f"matrix has shape {shape_tuple(matrix)}, expected {expected} to multiply "
             f"mode {mode} of x (shape {shape_tuple(x)})"
         )
@@ -290,25 +293,27 @@ def multi_mode_product(
     """
     namespace(x, names=["x"])
     if not isinstance(matrices, Sequence):
-        raise TypeError(f"matrices must be a sequence of arrays, got {type(matrices).__name__}")
+        raise CPTensorTypeError(
+            f"matrices must be a sequence of arrays, got {type(matrices).__name__}"
+        )
     if modes is None:
         if len(matrices) != x.ndim:
-            raise ValueError(
+            raise CPTensorError(
                 f"got {len(matrices)} matrices for a {x.ndim}-way x; pass modes= to "
                 "multiply only some modes"
             )
         modes = range(len(matrices))
     modes = [validate_mode(m, x.ndim, "modes") for m in modes]
     if len(modes) != len(matrices):
-        raise ValueError(f"modes has {len(modes)} entries but matrices has {len(matrices)}")
+        raise CPTensorError(f"modes has {len(modes)} entries but matrices has {len(matrices)}")
     if len(set(modes)) != len(modes):
-        raise ValueError(f"modes must be distinct, got {modes}")
+        raise CPTensorError(f"modes must be distinct, got {modes}")
     skipped = set()
     for k in [] if skip is None else [skip] if isinstance(skip, (int, np.integer)) else skip:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-            raise TypeError(f"skip must hold ints (indices into matrices), got {k!r}")
+            raise CPTensorTypeError(f"skip must hold ints (indices into matrices), got {k!r}")
         if not -len(matrices) <= int(k) < len(matrices):
-            raise ValueError(
+            raise CPTensorError(
                 f"skip={int(k)} is out of range: it indexes matrices, which has "
                 f"{len(matrices)} entries"
             )
@@ -339,11 +344,11 @@ def _as_factors(
         rank = int(mats[0].shape[1])
         for i, m in enumerate(mats):
             if int(m.shape[1]) != rank:
-                raise ValueError(
+                raise CPTensorError(
                     f"{name}[{i}] has {int(m.shape[1])} columns but {name}[0] has {rank}"
                 )
     if ndim is not None and len(mats) != ndim:
-        raise ValueError(
+        raise CPTensorError(
             f"{name} has {len(mats)} factor matrices, expected {ndim} (one per mode of x)"
         )
     return mats, weights
@@ -354,7 +359,7 @@ def _check_tensor_and_factors(x: Array, mats: Sequence[Array], name: str = "fact
     check_same_device_dtype([x, mats[0]], ["x", f"{name}[0]"])
     for n, m in enumerate(mats):
         if int(m.shape[0]) != int(x.shape[n]):
-            raise ValueError(
+            raise CPTensorError(
                 f"{name}[{n}] has {int(m.shape[0])} rows, expected {int(x.shape[n])} "
                 f"(mode {n} of x, shape {shape_tuple(x)})"
             )

@@ -10,6 +10,7 @@ import numpy as np
 
 from ._backend import Array, device, is_array, namespace, shape_tuple, validate_mode
 from .cp import CPTensor
+from .errors import CPTensorError, CPTensorTypeError
 from .products import _best_split, _khatri_rao_t
 
 __all__ = ["entries", "fix_modes", "reconstruct", "reconstruct_unfolded"]
@@ -17,7 +18,7 @@ __all__ = ["entries", "fix_modes", "reconstruct", "reconstruct_unfolded"]
 
 def _check_cp(cp: Any, name: str = "cp") -> CPTensor:
     if not isinstance(cp, CPTensor):
-        raise TypeError(f"{name} must be a cptensor.CPTensor, got {type(cp).__name__}")
+        raise CPTensorTypeError(f"{name} must be a cptensor.CPTensor, got {type(cp).__name__}")
     return cp
 
 
@@ -71,18 +72,18 @@ def _index_arrays(indices: Any, shape: tuple[int, ...], like: Array) -> list[Any
     if is_array(indices) and not isinstance(indices, tuple):
         idx = indices
         if idx.ndim != 2 or int(idx.shape[1]) != n:
-            raise ValueError(
+            raise CPTensorError(
                 f"indices as an array must have shape (n_points, {n}), got {shape_tuple(idx)}"
             )
         cols = [idx[:, k] for k in range(n)]
     elif isinstance(indices, (tuple, list)):
         if len(indices) != n:
-            raise ValueError(
+            raise CPTensorError(
                 f"indices must hold one index array per mode ({n}), got {len(indices)}"
             )
         cols = list(indices)
     else:
-        raise TypeError(
+        raise CPTensorTypeError(
             "indices must be a tuple of N index arrays (as for x[indices]) or an integer "
             f"array of shape (n_points, N), got {type(indices).__name__}"
         )
@@ -92,14 +93,18 @@ def _index_arrays(indices: Any, shape: tuple[int, ...], like: Array) -> list[Any
     for k, c in enumerate(cols):
         c_np = np.asarray(c.detach().cpu() if hasattr(c, "detach") else c)
         if c_np.dtype.kind not in "iu":
-            raise TypeError(f"indices for mode {k} must be integers, got dtype {c_np.dtype}")
+            raise CPTensorTypeError(
+                f"indices for mode {k} must be integers, got dtype {c_np.dtype}"
+            )
         c_np = c_np.reshape(-1)
         if c_np.size and (c_np.min() < -shape[k] or c_np.max() >= shape[k]):
             raise IndexError(f"indices for mode {k} are out of range for size {shape[k]}")
         lengths.add(c_np.size)
         out.append(xp.asarray(c_np % shape[k] if shape[k] else c_np, device=device(like)))
     if len(lengths) > 1:
-        raise ValueError(f"index arrays of all modes must have one length, got {sorted(lengths)}")
+        raise CPTensorError(
+            f"index arrays of all modes must have one length, got {sorted(lengths)}"
+        )
     return out
 
 
@@ -143,17 +148,21 @@ def fix_modes(cp: CPTensor, fixed: Mapping[int, int]) -> CPTensor:
     """
     cp = _check_cp(cp)
     if not isinstance(fixed, Mapping):
-        raise TypeError(f"fixed must be a mapping {{mode: index}}, got {type(fixed).__name__}")
+        raise CPTensorTypeError(
+            f"fixed must be a mapping {{mode: index}}, got {type(fixed).__name__}"
+        )
     norm_fixed: dict[int, int] = {}
     for mode, index in fixed.items():
         m = validate_mode(mode, cp.ndim, "fixed mode")
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise TypeError(f"index for mode {m} must be an int, got {type(index).__name__}")
+            raise CPTensorTypeError(
+                f"index for mode {m} must be an int, got {type(index).__name__}"
+            )
         if not -cp.shape[m] <= int(index) < cp.shape[m]:
             raise IndexError(f"index {index} is out of range for mode {m} of size {cp.shape[m]}")
         norm_fixed[m] = int(index) % cp.shape[m]
     if len(norm_fixed) == cp.ndim:
-        raise ValueError(
+        raise CPTensorError(
             "fixed names every mode; at least one mode must remain free "
             "(use entries() for single values)"
         )

@@ -66,6 +66,7 @@ from ._backend import (
     shape_tuple,
 )
 from .cp import CPTensor
+from .errors import CPTensorError, CPTensorKeyError, CPTensorTypeError
 from .products import _best_split, _contract_rank_first, _khatri_rao, _mttkrp_one, kronecker
 from .reconstruct import fix_modes, reconstruct
 
@@ -79,12 +80,14 @@ def _check_shape(shape: Any) -> tuple[int, ...]:
     try:
         out = tuple(shape)
     except TypeError:
-        raise TypeError(f"shape must be a sequence of ints, got {type(shape).__name__}") from None
+        raise CPTensorTypeError(
+            f"shape must be a sequence of ints, got {type(shape).__name__}"
+        ) from None
     for s in out:
         if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or int(s) < 1:
-            raise ValueError(f"shape must hold positive ints, got {out}")
+            raise CPTensorError(f"shape must hold positive ints, got {out}")
     if len(out) < 2:
-        raise ValueError(f"shape must have at least 2 modes, got {out}")
+        raise CPTensorError(f"shape must have at least 2 modes, got {out}")
     return tuple(int(s) for s in out)
 
 
@@ -92,18 +95,20 @@ def _check_modes(modes: Any, ndim: int, name: str) -> tuple[int, ...]:
     try:
         out = tuple(modes)
     except TypeError:
-        raise TypeError(f"{name} must be a sequence of ints, got {type(modes).__name__}") from None
+        raise CPTensorTypeError(
+            f"{name} must be a sequence of ints, got {type(modes).__name__}"
+        ) from None
     if not out:
-        raise ValueError(f"{name} must name at least one mode, got {out}")
+        raise CPTensorError(f"{name} must name at least one mode, got {out}")
     res = []
     for m in out:
         if isinstance(m, bool) or not isinstance(m, (int, np.integer)):
-            raise TypeError(f"{name} must hold ints, got {out}")
+            raise CPTensorTypeError(f"{name} must hold ints, got {out}")
         if not -ndim <= int(m) < ndim:
-            raise ValueError(f"{name}={out}: mode {m} is out of range for a {ndim}-way tensor")
+            raise CPTensorError(f"{name}={out}: mode {m} is out of range for a {ndim}-way tensor")
         res.append(int(m) % ndim)
     if len(set(res)) != len(res):
-        raise ValueError(f"{name} must not repeat a mode, got {out}")
+        raise CPTensorError(f"{name} must not repeat a mode, got {out}")
     return tuple(res)
 
 
@@ -113,9 +118,9 @@ def _normalize_key(key: Any, grid_sizes: tuple[int, ...], what: str) -> Key:
     try:
         k = tuple(int(i) for i in key)
     except TypeError:
-        raise TypeError(f"{what} key {key!r} must be a tuple of grid indices") from None
+        raise CPTensorTypeError(f"{what} key {key!r} must be a tuple of grid indices") from None
     if len(k) != len(grid_sizes) or any(not 0 <= i < s for i, s in zip(k, grid_sizes)):
-        raise KeyError(
+        raise CPTensorKeyError(
             f"{what} key {key!r} does not index the block grid of sizes {grid_sizes} "
             "(one index per grid mode, in increasing mode order)"
         )
@@ -127,7 +132,7 @@ def _check_factors(factors: Sequence[Array], shape: tuple[int, ...]) -> tuple[li
         factors = factors.factors
     mats = list(factors)
     if len(mats) != len(shape):
-        raise ValueError(
+        raise CPTensorError(
             f"factors has {len(mats)} matrices, expected {len(shape)} (one per mode of the "
             f"operator, shape {shape})"
         )
@@ -137,7 +142,7 @@ def _check_factors(factors: Sequence[Array], shape: tuple[int, ...]) -> tuple[li
     rank = int(mats[0].shape[1])
     for n, m in enumerate(mats):
         if m.ndim != 2 or int(m.shape[0]) != shape[n] or int(m.shape[1]) != rank:
-            raise ValueError(
+            raise CPTensorError(
                 f"factors[{n}] has shape {shape_tuple(m)}, expected ({shape[n]}, {rank}) "
                 f"(mode {n} of the operator, shape {shape})"
             )
@@ -146,9 +151,9 @@ def _check_factors(factors: Sequence[Array], shape: tuple[int, ...]) -> tuple[li
 
 def _check_cp_shape(cp: Any, shape: tuple[int, ...]) -> CPTensor:
     if not isinstance(cp, CPTensor):
-        raise TypeError(f"cp must be a cptensor.CPTensor, got {type(cp).__name__}")
+        raise CPTensorTypeError(f"cp must be a cptensor.CPTensor, got {type(cp).__name__}")
     if cp.shape != shape:
-        raise ValueError(f"cp has shape {cp.shape} but the operator has shape {shape}")
+        raise CPTensorError(f"cp has shape {cp.shape} but the operator has shape {shape}")
     return cp
 
 
@@ -166,7 +171,7 @@ def _grid_weights(mats: Sequence[Array], grid_modes: Sequence[int], key: Key, sk
 def _check_matrices_for(matrices: Sequence[Array], shape: tuple[int, ...]) -> list[Array]:
     mats = list(matrices)
     if len(mats) != len(shape):
-        raise ValueError(
+        raise CPTensorError(
             f"matrices has {len(mats)} entries, expected {len(shape)} (one per mode, shape {shape})"
         )
     names = [f"matrices[{n}]" for n in range(len(mats))]
@@ -174,7 +179,7 @@ def _check_matrices_for(matrices: Sequence[Array], shape: tuple[int, ...]) -> li
     check_same_device_dtype(mats, names)
     for n, m in enumerate(mats):
         if m.ndim != 2 or int(m.shape[1]) != shape[n]:
-            raise ValueError(
+            raise CPTensorError(
                 f"matrices[{n}] has shape {shape_tuple(m)}, expected (J, {shape[n]}) "
                 f"to multiply mode {n}"
             )
@@ -267,7 +272,7 @@ class _SafetensorsReader:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             os.close(fd)
-            raise ValueError(f"{self.path} is not a regular file")
+            raise CPTensorError(f"{self.path} is not a regular file")
         with os.fdopen(fd, "rb") as f:
             head = f.read(8)
             n = int.from_bytes(head, "little") if len(head) == 8 else 0
@@ -278,15 +283,17 @@ class _SafetensorsReader:
         try:
             spec = self.header[name]
         except KeyError:
-            raise KeyError(f"tensor {name!r} is not in {self.path}") from None
+            raise CPTensorKeyError(f"tensor {name!r} is not in {self.path}") from None
         kind = _ST_DTYPES.get(spec["dtype"])
         if kind is None:
-            raise TypeError(f"tensor {name!r} in {self.path} has unsupported dtype {spec['dtype']}")
+            raise CPTensorTypeError(
+                f"tensor {name!r} in {self.path} has unsupported dtype {spec['dtype']}"
+            )
         shape = tuple(spec["shape"])
         begin, _ = spec["data_offsets"]
         np_kind = "uint16" if kind == "bfloat16" else kind
         if kind == "bfloat16" and self.framework != "pt":
-            raise TypeError(
+            raise CPTensorTypeError(
                 f"tensor {name!r} is bfloat16, which NumPy cannot hold; use framework='pt'"
             )
         mm = np.memmap(self.path, dtype=np_kind, mode="r", offset=self.start + begin, shape=shape)
@@ -428,7 +435,7 @@ class BlockTensor:
                 table[_normalize_key(k, self._layout.grid_sizes, "blocks")] = v
             missing = [k for k in self._layout.keys() if k not in table]
             if missing:
-                raise KeyError(
+                raise CPTensorKeyError(
                     f"blocks is missing {len(missing)} of {self._layout.n_blocks} blocks, "
                     f"e.g. key {missing[0]} (grid sizes {self._layout.grid_sizes})"
                 )
@@ -436,7 +443,7 @@ class BlockTensor:
         elif callable(blocks):
             self._get = blocks
         else:
-            raise TypeError(
+            raise CPTensorTypeError(
                 f"blocks must be a mapping or a callable key -> array, got {type(blocks).__name__}"
             )
         if block_shape is None:
@@ -444,7 +451,7 @@ class BlockTensor:
         else:
             self._block_shape = tuple(int(s) for s in block_shape)
             if math.prod(self._block_shape) != math.prod(self._layout.block_sizes):
-                raise ValueError(
+                raise CPTensorError(
                     f"block_shape={self._block_shape} has {math.prod(self._block_shape)} "
                     f"elements but block_modes {bm} have sizes {self._layout.block_sizes} "
                     f"({math.prod(self._layout.block_sizes)} elements)"
@@ -454,7 +461,7 @@ class BlockTensor:
         sizes = self._layout.block_sizes
         self._k = _best_split(sizes) if len(sizes) > 1 else 1
         if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, (int, np.integer)):
-            raise TypeError(f"cache_bytes must be an int, got {type(cache_bytes).__name__}")
+            raise CPTensorTypeError(f"cache_bytes must be an int, got {type(cache_bytes).__name__}")
         self._cache_bytes = int(cache_bytes)
         self._pcache: dict[str, tuple[list[Array], dict[Key, Array]]] = {}
 
@@ -491,7 +498,7 @@ class BlockTensor:
         """
         fw = {"numpy": "numpy", "np": "numpy", "pt": "pt", "torch": "pt"}.get(framework)
         if fw is None:
-            raise ValueError(f"framework must be 'numpy' or 'pt', got {framework!r}")
+            raise CPTensorError(f"framework must be 'numpy' or 'pt', got {framework!r}")
         layout = _GridLayout(_check_shape(shape), _check_modes(block_modes, len(shape), "b"))
         if isinstance(names, Mapping):
             table = {_normalize_key(k, layout.grid_sizes, "names"): v for k, v in names.items()}
@@ -574,11 +581,11 @@ class BlockTensor:
         key = _normalize_key(key, self._layout.grid_sizes, "block")
         raw = self._get(key)
         if not is_array(raw):
-            raise TypeError(
+            raise CPTensorTypeError(
                 f"block {key} is a {type(raw).__name__}, expected an array (NumPy or torch)"
             )
         if shape_tuple(raw) != self._block_shape:
-            raise ValueError(
+            raise CPTensorError(
                 f"block {key} has shape {shape_tuple(raw)}, expected {self._block_shape} "
                 f"(block_modes {self._layout.block_modes} of tensor shape {self.shape})"
             )
@@ -590,13 +597,13 @@ class BlockTensor:
     def _block_for(self, key: Key, like: Array) -> Array:
         b = self.block(key)
         if namespace(b) is not namespace(like) or b.dtype != like.dtype:
-            raise TypeError(
+            raise CPTensorTypeError(
                 f"block {key} is {type(b).__module__}.{type(b).__name__} of dtype {b.dtype} but "
                 f"the factors are {type(like).__module__}.{type(like).__name__} of dtype "
                 f"{like.dtype}; pass dtype= to BlockTensor to convert blocks when read"
             )
         if device(b) != device(like):
-            raise ValueError(
+            raise CPTensorError(
                 f"block {key} is on device {device(b)!r} but the factors are on "
                 f"{device(like)!r}; cptensor never moves data between devices"
             )
@@ -865,7 +872,7 @@ class LowRankBlockTensor:
         rm = _check_modes(row_modes, len(shape), "row_modes")
         cm = _check_modes(col_modes, len(shape), "col_modes")
         if set(rm) & set(cm):
-            raise ValueError(f"row_modes {rm} and col_modes {cm} must not share a mode")
+            raise CPTensorError(f"row_modes {rm} and col_modes {cm} must not share a mode")
         self._layout = _GridLayout(shape, rm + cm)
         self._row_modes, self._col_modes = rm, cm
         self._row_sizes = tuple(shape[m] for m in rm)
@@ -876,7 +883,7 @@ class LowRankBlockTensor:
             table = {_normalize_key(k, lay.grid_sizes, "factors"): v for k, v in factors.items()}
             missing = [k for k in lay.keys() if k not in table]
             if missing:
-                raise KeyError(
+                raise CPTensorKeyError(
                     f"factors is missing {len(missing)} of {lay.n_blocks} blocks, e.g. key "
                     f"{missing[0]} (grid sizes {lay.grid_sizes}); give None for a zero block"
                 )
@@ -884,7 +891,7 @@ class LowRankBlockTensor:
         elif callable(factors):
             get = factors
         else:
-            raise TypeError(
+            raise CPTensorTypeError(
                 "factors must be a mapping or a callable key -> (U, V), "
                 f"got {type(factors).__name__}"
             )
@@ -898,17 +905,17 @@ class LowRankBlockTensor:
             try:
                 u, v = pair
             except (TypeError, ValueError):
-                raise TypeError(
+                raise CPTensorTypeError(
                     f"block {key}: expected a pair (U, V) or None, got {type(pair).__name__}"
                 ) from None
             namespace(u, v, names=[f"U of block {key}", f"V of block {key}"])
             if u.ndim != 2 or v.ndim != 2 or int(u.shape[1]) != int(v.shape[1]):
-                raise ValueError(
+                raise CPTensorError(
                     f"block {key}: U has shape {shape_tuple(u)} and V has shape "
                     f"{shape_tuple(v)}, expected ({p}, s) and ({q}, s)"
                 )
             if int(u.shape[0]) != p or int(v.shape[0]) != q:
-                raise ValueError(
+                raise CPTensorError(
                     f"block {key}: U has shape {shape_tuple(u)} and V has shape "
                     f"{shape_tuple(v)}, expected ({p}, s) and ({q}, s) for row modes {rm} "
                     f"(sizes {self._row_sizes}) and col modes {cm} (sizes {self._col_sizes})"
@@ -921,7 +928,7 @@ class LowRankBlockTensor:
             )
             pairs.append((u, v))
         if first is None:
-            raise ValueError("all blocks are None (zero); give at least one (U, V) pair")
+            raise CPTensorError("all blocks are None (zero); give at least one (U, V) pair")
         xp = namespace(first)
         s_max = max(int(pr[0].shape[1]) for pr in pairs if pr is not None)
         s_max = max(s_max, 1)

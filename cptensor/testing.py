@@ -46,6 +46,7 @@ from hypothesis.extra import numpy as hnp
 
 from ._backend import Array, is_array, is_torch, to_numpy
 from .cp import CPTensor
+from .errors import CPTensorError, CPTensorTypeError
 
 __all__ = [
     "LowRankTensor",
@@ -69,20 +70,20 @@ def _np_dtype(dtype: Any) -> np.dtype:
         return np.dtype(np.float64)
     name = str(dtype).removeprefix("torch.")
     if name not in ("float32", "float64"):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+        raise CPTensorError(f"dtype must be float32 or float64, got {dtype!r}")
     return np.dtype(name)
 
 
 def _check_backend(backend: str) -> None:
     if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        raise CPTensorError(f"backend must be one of {_BACKENDS}, got {backend!r}")
 
 
 def _convert(a: np.ndarray, backend: str, device: Any) -> Array:
     """A NumPy array as an array of ``backend`` (torch imported only when asked for)."""
     if backend == "numpy":
         if device not in (None, "cpu"):
-            raise ValueError(f"device={device!r} is not available for the numpy backend")
+            raise CPTensorError(f"device={device!r} is not available for the numpy backend")
         return a
     import torch
 
@@ -138,11 +139,11 @@ def shapes(
     >>> test()
     """
     if not 1 <= min_ndim <= max_ndim:
-        raise ValueError(f"need 1 <= min_ndim <= max_ndim, got {min_ndim} and {max_ndim}")
+        raise CPTensorError(f"need 1 <= min_ndim <= max_ndim, got {min_ndim} and {max_ndim}")
     if not 1 <= min_side <= max_side:
-        raise ValueError(f"need 1 <= min_side <= max_side, got {min_side} and {max_side}")
+        raise CPTensorError(f"need 1 <= min_side <= max_side, got {min_side} and {max_side}")
     if max_size < min_side**min_ndim:
-        raise ValueError(
+        raise CPTensorError(
             f"max_size={max_size} is below the smallest possible size "
             f"{min_side}**{min_ndim}; raise max_size or lower min_side/min_ndim"
         )
@@ -216,7 +217,7 @@ def cp_tensors(
     shp = tuple(draw(_strategy(shapes() if shape is None else shape)))
     r = int(draw(_strategy(st.integers(1, 4) if rank is None else rank)))
     if r < 1:
-        raise ValueError(f"rank must be at least 1, got {r}")
+        raise CPTensorError(f"rank must be at least 1, got {r}")
     factors = [_draw_array(draw, dt, (n, r), bound) for n in shp]
     w = _draw_array(draw, dt, (r,), 2.0) if weights else np.ones(r, dt)
     return CPTensor(_convert(w, backend, device), [_convert(f, backend, device) for f in factors])
@@ -305,11 +306,11 @@ def low_rank_tensors(
     eta = float(draw(_strategy(noise)))
     c = float(draw(_strategy(collinearity)))
     if r < 1:
-        raise ValueError(f"rank must be at least 1, got {r}")
+        raise CPTensorError(f"rank must be at least 1, got {r}")
     if not 0.0 <= c < 1.0:
-        raise ValueError(f"collinearity must be in [0, 1), got {c}")
+        raise CPTensorError(f"collinearity must be in [0, 1), got {c}")
     if eta < 0.0:
-        raise ValueError(f"noise must be >= 0, got {eta}")
+        raise CPTensorError(f"noise must be >= 0, got {eta}")
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     factors = [_collinear_factor(rng, n, r, c) for n in shp]
     weights = np.sort(rng.uniform(1.0, 2.0, r))[::-1].copy()
@@ -412,7 +413,7 @@ def _as_cp(x: Any, name: str) -> CPTensor:
     try:
         return CPTensor.from_tensorly(x)
     except (TypeError, ValueError) as err:
-        raise TypeError(
+        raise CPTensorTypeError(
             f"{name} must be a CPTensor or a (weights, factors) pair, got {type(x).__name__}"
         ) from err
 

@@ -22,6 +22,8 @@ Example:
     '4·(32 + 8 + 4 + 2 + 4) = 200'
 """
 
+from cptensor.errors import CPTensorError
+
 from .config import INITS, AdapterConfig
 from .deltas import (
     DeltaReport,
@@ -64,6 +66,7 @@ __all__ = [
     "AdapterConfig",
     "CPAdapterLayer",
     "CPPreconditioner",
+    "CPTensorError",
     "DeltaReport",
     "FactorStore",
     "GroupPlan",

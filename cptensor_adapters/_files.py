@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cptensor.errors import CPTensorError
+
 __all__ = [
     "atomic_savefig",
     "atomic_savez",
@@ -262,21 +264,21 @@ def read_regular_file(
     >>> read_regular_file(p.parent, "config")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: config: ... is not a regular file
+    cptensor.errors.CPTensorError: config: ... is not a regular file
     """
     max_bytes = MAX_JSON_BYTES if max_bytes is None else max_bytes
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
-        raise ValueError(f"{what}: {path} is not a regular file")
+        raise CPTensorError(f"{what}: {path} is not a regular file")
     with os.fdopen(fd, "rb") as fh:
         if info.st_size > max_bytes:
-            raise ValueError(
+            raise CPTensorError(
                 f"{what}: {path} holds {info.st_size:,} bytes, more than the {max_bytes:,} "
                 "this reader accepts"
             )
         data = fh.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise ValueError(f"{what}: {path} grew past {max_bytes:,} bytes while being read")
+        raise CPTensorError(f"{what}: {path} grew past {max_bytes:,} bytes while being read")
     return data

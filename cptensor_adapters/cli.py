@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from cptensor.errors import CPTensorError
+
 from .deltas import _clean
 
 __all__ = ["main", "parse_ranks"]
@@ -40,7 +42,7 @@ __all__ = ["main", "parse_ranks"]
 PROG = "cptensor"
 
 
-class CLIError(Exception):
+class CLIError(CPTensorError):
     """Bad input: reported as one line, exit status 2."""
 
 
@@ -73,6 +75,8 @@ def parse_ranks(text: str) -> list[int]:
                 out.update(range(lo, hi + 1))
             else:
                 out.add(int(part))
+        except CLIError:
+            raise
         except ValueError:
             raise CLIError(f"ranks must look like 1-8 or 1,2,4; got {text!r}") from None
     if not out or min(out) < 1:
@@ -132,7 +136,7 @@ def _npy_header(fh: Any) -> tuple[tuple[int, ...], np.dtype]:
     elif version == (2, 0):
         shape, _, dtype = fmt.read_array_header_2_0(fh)
     else:
-        raise ValueError(f".npy format version {version} is not supported (1.0, 2.0)")
+        raise CPTensorError(f".npy format version {version} is not supported (1.0, 2.0)")
     return shape, dtype
 
 
@@ -663,22 +667,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so that Python's exit flush stays quiet
         return 141
-    except (
-        CLIError,
-        FileNotFoundError,
-        NotADirectoryError,
-        IsADirectoryError,
-        PermissionError,
-        ValueError,
-        TypeError,
-        KeyError,
-        ModuleNotFoundError,
-    ) as exc:
+    except (CLIError, CPTensorError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+            PermissionError, ModuleNotFoundError) as exc:  # fmt: skip
+        # bad input, file errors and missing optional packages: one line. Anything else is
+        # a bug and keeps its traceback.
         if os.environ.get("CPTENSOR_DEBUG"):
             raise
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if isinstance(exc, KeyError):
-            msg = f"missing key {msg}"
         print(f"{PROG} {args.command}: error: {msg}", file=sys.stderr)
         return 2
 

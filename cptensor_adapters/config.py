@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from cptensor.errors import CPTensorError
+
 from .grid import ATTENTION_ROLES
 from .inits import INITS
 from .layout import LAYOUTS, Layout
@@ -63,7 +65,7 @@ class AdapterConfig:
         >>> AdapterConfig(r=0)
         Traceback (most recent call last):
         ...
-        ValueError: r: expected an integer >= 1, got 0
+        cptensor.errors.CPTensorError: r: expected an integer >= 1, got 0
     """
 
     r: int = 8
@@ -84,19 +86,19 @@ class AdapterConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
-            raise ValueError(f"r: expected an integer >= 1, got {self.r!r}")
+            raise CPTensorError(f"r: expected an integer >= 1, got {self.r!r}")
         if (
             isinstance(self.alpha, bool)
             or not isinstance(self.alpha, (int, float))
             or not math.isfinite(self.alpha)
         ):
-            raise ValueError(f"alpha: expected a finite number, got {self.alpha!r}")
+            raise CPTensorError(f"alpha: expected a finite number, got {self.alpha!r}")
         if (
             isinstance(self.dropout, bool)
             or not isinstance(self.dropout, (int, float))
             or not 0.0 <= self.dropout < 1.0
         ):
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
+            raise CPTensorError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
         self._layout = Layout.resolve(self.layout)
         if isinstance(self.layout, Layout):  # keep the field JSON-friendly
             builtin = LAYOUTS.get(self.layout.name)
@@ -112,12 +114,12 @@ class AdapterConfig:
                 and all(isinstance(t, str) and t for t in self.targets)
             )
         ):
-            raise ValueError(
+            raise CPTensorError(
                 f"targets: expected None, a regex string or a list of names, got {self.targets!r}"
             )
         if isinstance(self.head_split, str):
             if self.head_split not in ("auto", "out", "in"):
-                raise ValueError(
+                raise CPTensorError(
                     f"head_split: expected 'auto', 'out', 'in' or a dict matrix -> side, got "
                     f"{self.head_split!r}"
                 )
@@ -128,18 +130,18 @@ class AdapterConfig:
                 if not isinstance(k, str) or not isinstance(v, str) or v not in ("out", "in")
             }
             if bad:
-                raise ValueError(f"head_split: sides must be 'out' or 'in', got {bad!r}")
+                raise CPTensorError(f"head_split: sides must be 'out' or 'in', got {bad!r}")
             self.head_split = dict(self.head_split)
         else:
-            raise ValueError(f"head_split: expected a string or a dict, got {self.head_split!r}")
+            raise CPTensorError(f"head_split: expected a string or a dict, got {self.head_split!r}")
         if not isinstance(self.init, str) or self.init not in INITS:
-            raise ValueError(f"init: expected one of {INITS}, got {self.init!r}")
+            raise CPTensorError(f"init: expected one of {INITS}, got {self.init!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed: expected an integer, got {self.seed!r}")
+            raise CPTensorError(f"seed: expected an integer, got {self.seed!r}")
         if self.factor_dtype is not None and (
             not isinstance(self.factor_dtype, str) or self.factor_dtype not in _DTYPES
         ):
-            raise ValueError(
+            raise CPTensorError(
                 f"factor_dtype: expected None or one of {sorted(_DTYPES)}, "
                 f"got {self.factor_dtype!r}"
             )
@@ -147,7 +149,7 @@ class AdapterConfig:
             if not isinstance(self.modules_to_save, (list, tuple)) or not all(
                 isinstance(m, str) and m for m in self.modules_to_save
             ):
-                raise ValueError(
+                raise CPTensorError(
                     "modules_to_save: expected a list of module names, got "
                     f"{self.modules_to_save!r}"
                 )
@@ -156,19 +158,19 @@ class AdapterConfig:
             if not isinstance(self.roles, Mapping) or not all(
                 isinstance(k, str) and k for k in self.roles
             ):
-                raise ValueError(
+                raise CPTensorError(
                     f"roles: expected a dict module-name suffix -> role, got {self.roles!r}"
                 )
             bad_roles = {k: v for k, v in self.roles.items() if v not in ATTENTION_ROLES}
             if bad_roles:
-                raise ValueError(
+                raise CPTensorError(
                     f"roles: values must be one of {list(ATTENTION_ROLES)}, got {bad_roles!r}"
                 )
             self.roles = dict(self.roles)
         for name in ("num_heads", "num_kv_heads", "head_dim"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(f"{name}: expected None or an integer >= 1, got {v!r}")
+                raise CPTensorError(f"{name}: expected None or an integer >= 1, got {v!r}")
 
     @property
     def resolved_layout(self) -> Layout:
@@ -208,7 +210,7 @@ class AdapterConfig:
         known = {f.name for f in fields(cls) if f.init}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(
+            raise CPTensorError(
                 f"AdapterConfig: unknown fields {unknown}; known fields {sorted(known)}"
             )
         return cls(**dict(data))

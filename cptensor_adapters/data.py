@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cptensor.errors import CPTensorError
+
 __all__ = [
     "DataSplit",
     "TextDataset",
@@ -62,7 +64,7 @@ class TextDataset:
 
     def __post_init__(self) -> None:
         if len(self.texts) != len(self.labels):
-            raise ValueError(
+            raise CPTensorError(
                 f"texts and labels must have the same length; got {len(self.texts)} texts "
                 f"and {len(self.labels)} labels"
             )
@@ -155,7 +157,7 @@ def load_vader(*, test_fraction: float = 0.2, seed: int = 0) -> DataSplit:
     True
     """
     if not 0.0 < float(test_fraction) < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1); got {test_fraction!r}")
+        raise CPTensorError(f"test_fraction must be in (0, 1); got {test_fraction!r}")
     first: dict[str, int] = {}  # token -> label of its first entry; -1 when entries disagree
     with open(vader_lexicon_path(), encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
@@ -164,7 +166,9 @@ def load_vader(*, test_fraction: float = 0.2, seed: int = 0) -> DataSplit:
                 continue
             parts = line.split("\t")
             if len(parts) < 2:
-                raise ValueError(f"vader_lexicon.txt line {lineno}: expected tab-separated fields")
+                raise CPTensorError(
+                    f"vader_lexicon.txt line {lineno}: expected tab-separated fields"
+                )
             mean = float(parts[1])
             if mean == 0.0:
                 continue
@@ -214,7 +218,7 @@ def _read_glue_tsv(path: Path) -> TextDataset:
             reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
             header = next(reader, None)
             if header is None or "sentence" not in header or "label" not in header:
-                raise ValueError(
+                raise CPTensorError(
                     f"{path}: expected a header with columns 'sentence' and 'label'; got {header!r}"
                 )
             si, li = header.index("sentence"), header.index("label")
@@ -222,16 +226,16 @@ def _read_glue_tsv(path: Path) -> TextDataset:
                 if not row:
                     continue
                 if len(row) <= max(si, li) or row[li].strip() not in ("0", "1"):
-                    raise ValueError(
+                    raise CPTensorError(
                         f"{path} line {lineno}: expected a sentence and a label 0 or 1, got "
                         f"{row[:3]!r}"
                     )
                 texts.append(row[si].strip())
                 labels.append(int(row[li]))
     except csv.Error as exc:  # e.g. a field over csv's size limit
-        raise ValueError(f"{path} line {lineno + 1}: {exc}") from None
+        raise CPTensorError(f"{path} line {lineno + 1}: {exc}") from None
     except UnicodeDecodeError:
-        raise ValueError(f"{path}: not UTF-8 text") from None
+        raise CPTensorError(f"{path}: not UTF-8 text") from None
     return TextDataset(tuple(texts), tuple(labels), f"SST-2 {path.stem}")
 
 
@@ -276,7 +280,7 @@ def load_sst2(
     dev = _read_glue_tsv(d / "dev.tsv")
     if train_size is not None:
         if int(train_size) < 1:
-            raise ValueError(f"train_size must be a positive integer; got {train_size!r}")
+            raise CPTensorError(f"train_size must be a positive integer; got {train_size!r}")
         order = np.random.default_rng(seed).permutation(len(train))[: int(train_size)]
         train = train.subset(np.sort(order))
     return DataSplit(_renamed(train, "SST-2 train"), _renamed(dev, "SST-2 dev"))

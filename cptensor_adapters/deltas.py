@@ -64,6 +64,7 @@ from typing import Any
 
 import numpy as np
 
+from cptensor.errors import CPTensorError, CPTensorTypeError
 from cptensor.structured import BlockTensor, LowRankBlockTensor
 
 __all__ = [
@@ -204,7 +205,7 @@ def _find_geometry(
             break
     if not found:
         sample = ", ".join(list(names_shapes)[:5])
-        raise ValueError(
+        raise CPTensorError(
             f"{what}: no attention projections found among {len(names_shapes)} weights "
             f"(e.g. {sample}); expected BERT/RoBERTa (…attention.self.query.weight), "
             "Llama (…self_attn.q_proj.weight) or GPT-2 (…attn.c_attn.weight) names"
@@ -212,7 +213,7 @@ def _find_geometry(
     family = max(found, key=lambda f: len(found[f]))
     keys = found[family]
     if len(prefixes[family]) != 1:
-        raise ValueError(
+        raise CPTensorError(
             f"{what}: attention weights under several prefixes "
             f"{sorted(prefixes[family])}; expected one model per checkpoint"
         )
@@ -220,10 +221,10 @@ def _find_geometry(
     if allow_missing:
         layers = list(range(max(n_layers or 0, layers[-1] + 1)))
     if layers != list(range(len(layers))):
-        raise ValueError(f"{what}: attention layers {layers} are not numbered 0..L-1")
+        raise CPTensorError(f"{what}: attention layers {layers} are not numbered 0..L-1")
     missing = [(l, MATRICES[m]) for l in layers for m in range(4) if (l, m) not in keys]
     if missing and not allow_missing:
-        raise ValueError(f"{what}: attention weights missing for (layer, matrix) {missing[:4]}")
+        raise CPTensorError(f"{what}: attention weights missing for (layer, matrix) {missing[:4]}")
     if family not in hidden:  # no O projection (an adapter on Q, K, V only): d = in side
         name, transposed, _ = next(iter(keys.values()))
         shape = names_shapes[name]
@@ -233,17 +234,19 @@ def _find_geometry(
         shape = names_shapes[name]
         rows = shape[1] if transposed else shape[0]
         if sl is None and tuple(shape) != (d, d):
-            raise ValueError(
+            raise CPTensorError(
                 f"{what}: {name} has shape {tuple(shape)}, expected ({d}, {d}): the LoRTA "
                 "grid needs equal-sized Q, K, V, O (grouped-query attention is not supported "
                 "by extract_delta)"
             )
         if sl is not None and rows != 3 * d:
-            raise ValueError(f"{what}: fused {name} has shape {tuple(shape)}, expected 3·d outputs")
+            raise CPTensorError(
+                f"{what}: fused {name} has shape {tuple(shape)}, expected 3·d outputs"
+            )
     if n_heads is None:
-        raise ValueError(f"{what}: the number of attention heads is unknown; pass n_heads")
+        raise CPTensorError(f"{what}: the number of attention heads is unknown; pass n_heads")
     if d % n_heads:
-        raise ValueError(f"{what}: hidden size {d} is not divisible by {n_heads} heads")
+        raise CPTensorError(f"{what}: hidden size {d} is not divisible by {n_heads} heads")
     return AttentionGeometry(family, next(iter(prefixes[family])), len(layers), d, n_heads, keys)
 
 
@@ -275,7 +278,7 @@ def _heads_from_config(cfg: Mapping[str, Any]) -> int | None:
             heads = _positive_int(cfg[k], f"config {k}")
             kv = cfg.get("num_key_value_heads")
             if kv is not None and _positive_int(kv, "config num_key_value_heads") != heads:
-                raise ValueError(
+                raise CPTensorError(
                     f"the model uses grouped-query attention ({heads} query heads, {kv} "
                     "key/value heads); extract_delta's LoRTA grid needs equal-sized Q, K, V, O"
                 )
@@ -302,7 +305,7 @@ class _Source:
                 self.config = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(vars(cfg))
             self._files = None
         else:
-            raise TypeError(
+            raise CPTensorTypeError(
                 f"{what} must be a model (torch.nn.Module) or a checkpoint "
                 f"directory; got {type(obj).__name__}"
             )
@@ -315,7 +318,7 @@ class _Source:
         files = [p] if p.is_file() else sorted(p.glob("*.safetensors"))
         odd = [f for f in files if not f.is_file()]
         if odd:
-            raise ValueError(f"{self.what}: {odd[0]} is not a regular file")
+            raise CPTensorError(f"{self.what}: {odd[0]} is not a regular file")
         if not files:
             raise FileNotFoundError(
                 f"{self.what}: no *.safetensors file in {str(p)!r}; expected a checkpoint "
@@ -337,7 +340,7 @@ class _Source:
                             self._files[k] = f
                             self.shapes[k] = shape
             except Exception as exc:  # safetensors raises its own error types
-                raise ValueError(
+                raise CPTensorError(
                     f"{self.what}: {f} is not a readable safetensors file "
                     f"({type(exc).__name__}: {exc})"
                 ) from None
@@ -353,11 +356,11 @@ class _Source:
             with safe_open(str(self._files[name]), framework="pt") as h:
                 t = h.get_tensor(name)
         if not t.dtype.is_floating_point:
-            raise ValueError(f"{self.what}: weight {name!r} has dtype {t.dtype}, not floating")
+            raise CPTensorError(f"{self.what}: weight {name!r} has dtype {t.dtype}, not floating")
         out = t.float().cpu().numpy()
         if not np.isfinite(out).all():
             where = self._files[name] if self._tensors is None else self.description
-            raise ValueError(f"{self.what}: weight {name!r} in {where} holds NaN or inf values")
+            raise CPTensorError(f"{self.what}: weight {name!r} in {where} holds NaN or inf values")
         return out
 
 
@@ -507,7 +510,7 @@ class LowRankDelta(LowRankBlockTensor):
 def _check_layout(layout: Any) -> None:
     name = getattr(layout, "name", layout)
     if name not in LAYOUTS:
-        raise ValueError(
+        raise CPTensorError(
             f"layout must be one of {LAYOUTS} (the paper's tensor over "
             f"out × in-per-head × head × layer × matrix); got {layout!r}"
         )
@@ -571,7 +574,7 @@ def extract_delta(base: Any, tuned: Any, grid: Any = None, layout: Any = "lorta"
         heads = getattr(grid, "n_heads", None) or getattr(grid, "num_heads", None)
         kv = getattr(grid, "num_kv_heads", None)
         if heads is not None and kv is not None and kv != heads:
-            raise ValueError(
+            raise CPTensorError(
                 f"grid has grouped-query attention ({heads} query heads, {kv} key/value "
                 "heads); extract_delta's LoRTA grid needs equal-sized Q, K, V, O"
             )
@@ -584,13 +587,13 @@ def extract_delta(base: Any, tuned: Any, grid: Any = None, layout: Any = "lorta"
         if getattr(gb, attr) != getattr(gt, attr):
             diffs.append(f"{attr}: base {getattr(gb, attr)!r}, tuned {getattr(gt, attr)!r}")
     if diffs:
-        raise ValueError(
+        raise CPTensorError(
             "base and tuned are models of different architectures (" + "; ".join(diffs) + ")"
         )
     for key, (nb, _, _) in gb.keys.items():
         nt = gt.keys[key][0]
         if src_b.shapes[nb] != src_t.shapes[nt]:
-            raise ValueError(
+            raise CPTensorError(
                 f"base and tuned are models of different architectures: {nb} has "
                 f"shape {src_b.shapes[nb]} in base, {nt} {src_t.shapes[nt]} in tuned"
             )
@@ -616,7 +619,7 @@ def _load_config(base_config: Any) -> dict[str, Any]:
     if hasattr(base_config, "to_dict"):
         return base_config.to_dict()
     if not isinstance(base_config, (str, os.PathLike)):
-        raise ValueError(
+        raise CPTensorError(
             f"base_config: expected a config dict, a transformers config or a path to "
             f"config.json, got {type(base_config).__name__}"
         )
@@ -638,11 +641,13 @@ def _read_json_object(path: Path, what: str) -> dict[str, Any]:
     try:
         data = json.loads(read_regular_file(path, what).decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise ValueError(
+        raise CPTensorError(
             f"{what}: {path} is not valid JSON ({type(exc).__name__}; UTF-8 JSON expected)"
         ) from None
     if not isinstance(data, dict):
-        raise ValueError(f"{what}: {path} holds a JSON {type(data).__name__}, expected an object")
+        raise CPTensorError(
+            f"{what}: {path} holds a JSON {type(data).__name__}, expected an object"
+        )
     return data
 
 
@@ -650,7 +655,7 @@ def _positive_int(value: Any, what: str, limit: int = 1 << 20) -> int:
     """``value`` as an integer in ``1..limit``; ValueError naming ``what`` otherwise."""
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
     if not ok or not 1 <= value <= limit:
-        raise ValueError(f"{what}: expected an integer from 1 to {limit:,}, got {value!r}")
+        raise CPTensorError(f"{what}: expected an integer from 1 to {limit:,}, got {value!r}")
     return int(value)
 
 
@@ -698,7 +703,7 @@ def _read_safetensors(path: Path, keep: Callable[[str], bool]) -> tuple[dict[str
                     out[k] = h.get_tensor(k)
     except Exception as exc:  # safetensors raises its own error types
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ValueError(
+        raise CPTensorError(
             f"{path} is not a readable safetensors file ({type(exc).__name__}: {msg})"
         ) from None
     return out, keys
@@ -764,12 +769,12 @@ def extract_lora_delta(
     w_path = _adapter_file(d, "adapter_model.safetensors", "peft_adapter_dir", expected)
     acfg = _read_adapter_json(cfg_path)
     if _is_own_format(acfg):
-        raise ValueError(
+        raise CPTensorError(
             f"{cfg_path}: a cptensor_adapters adapter (written by save_adapter), not a PEFT "
             "LoRA adapter; read it with extract_adapter_delta"
         )
     if str(acfg.get("peft_type", "LORA")).upper() != "LORA":
-        raise ValueError(f"{cfg_path}: peft_type is {acfg.get('peft_type')!r}, expected 'LORA'")
+        raise CPTensorError(f"{cfg_path}: peft_type is {acfg.get('peft_type')!r}, expected 'LORA'")
     if base_config is None and acfg.get("base_model_name_or_path"):
         cand = Path(acfg["base_model_name_or_path"])
         if (cand / "config.json").is_file():
@@ -787,14 +792,14 @@ def extract_lora_delta(
         assert m is not None
         ab.setdefault(m["module"], {})[m["ab"]] = _finite_factor(t, k, w_path)
     if not ab:
-        raise ValueError(f"{w_path}: no lora_A / lora_B weights found")
+        raise CPTensorError(f"{w_path}: no lora_A / lora_B weights found")
     shapes = {}
     for module, parts in ab.items():
         if set(parts) != {"A", "B"}:
-            raise ValueError(f"{w_path}: {module} has lora_{next(iter(parts))} only")
+            raise CPTensorError(f"{w_path}: {module} has lora_{next(iter(parts))} only")
         a, b = parts["A"], parts["B"]
         if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
-            raise ValueError(
+            raise CPTensorError(
                 f"{w_path}: {module} has lora_A {a.shape} and lora_B {b.shape}; expected "
                 "(r, in) and (out, r)"
             )
@@ -822,7 +827,7 @@ def extract_lora_delta(
 
 def _finite_number(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{what}: expected a finite number, got {value!r}")
+        raise CPTensorError(f"{what}: expected a finite number, got {value!r}")
     return float(value)
 
 
@@ -831,7 +836,7 @@ def _pattern(value: Any, what: str, *, integer: bool) -> dict[str, float]:
     if value is None:
         return {}
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        raise ValueError(f"{what}: expected an object module name -> value, got {value!r}")
+        raise CPTensorError(f"{what}: expected an object module name -> value, got {value!r}")
     check = _positive_int if integer else _finite_number
     return {k: check(v, f"{what}[{k!r}]") for k, v in value.items()}
 
@@ -841,10 +846,10 @@ def _finite_factor(t: Any, key: str, path: Path) -> np.ndarray:
     import torch
 
     if not t.dtype.is_floating_point:
-        raise ValueError(f"{path}: tensor {key!r} has dtype {t.dtype}; expected a floating type")
+        raise CPTensorError(f"{path}: tensor {key!r} has dtype {t.dtype}; expected a floating type")
     out = t.numpy() if t.dtype == torch.float64 else t.float().numpy()
     if not np.isfinite(out).all():
-        raise ValueError(f"{path}: tensor {key!r} holds NaN or infinite values")
+        raise CPTensorError(f"{path}: tensor {key!r} holds NaN or infinite values")
     return out
 
 
@@ -930,7 +935,7 @@ def extract_adapter_delta(
     if "peft_type" in meta:
         return extract_lora_delta(d, base_config)
     found = f"'format': {meta['format']!r}" if "format" in meta else f"keys {sorted(meta)[:6]}"
-    raise ValueError(
+    raise CPTensorError(
         f"{cfg_path}: unknown adapter format ({found}); expected a PEFT adapter config "
         f"(with 'peft_type') or one written by save_adapter ('format': {FORMAT!r})"
     )
@@ -950,7 +955,7 @@ def _cp_adapter_delta(
 
     version = meta.get("format_version", 0)
     if isinstance(version, bool) or not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(
+        raise CPTensorError(
             f"{cfg_path}: format_version {version!r}; this library reads versions up to "
             f"{FORMAT_VERSION}"
         )
@@ -959,11 +964,11 @@ def _cp_adapter_delta(
         grid = WeightGrid.from_dict(meta["grid"])
         plans = plan_groups(grid, config.resolved_layout, config.head_split)
     except KeyError as exc:
-        raise ValueError(
+        raise CPTensorError(
             f"{cfg_path}: not a valid cptensor_adapters config (missing {exc})"
         ) from None
     except (TypeError, ValueError, AttributeError) as exc:
-        raise ValueError(
+        raise CPTensorError(
             f"{cfg_path}: not a valid cptensor_adapters config ({type(exc).__name__}: {exc})"
         ) from None
     saved = meta.get("groups")
@@ -972,9 +977,9 @@ def _cp_adapter_delta(
         try:
             got = [(list(g["modes"]), list(g["shape"]), list(g["targets"])) for g in saved]
         except (KeyError, TypeError) as exc:
-            raise ValueError(f"{cfg_path}: malformed 'groups' entry ({exc!r})") from None
+            raise CPTensorError(f"{cfg_path}: malformed 'groups' entry ({exc!r})") from None
         if got != want:
-            raise ValueError(
+            raise CPTensorError(
                 f"{cfg_path}: its 'groups' disagree with the CP tensors its config and grid "
                 "define (an edited file, or one written by another version)"
             )
@@ -983,13 +988,13 @@ def _cp_adapter_delta(
     attn = [t for t in grid.targets if t.matrix in ATTENTION_ROLES]
     other = [t.name for t in grid.targets if t.matrix not in ATTENTION_ROLES]
     if not attn:
-        raise ValueError(
+        raise CPTensorError(
             f"{cfg_path}: the adapter targets no attention projection (targets "
             f"{other[:4]}); the delta tensor holds Q, K, V, O"
         )
     H, dh = grid.num_heads, grid.head_dim
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (H, dh)):
-        raise ValueError(
+        raise CPTensorError(
             f"{cfg_path}: the saved grid's head geometry (num_heads={H!r}, head_dim={dh!r}) "
             "is not two positive integers"
         )
@@ -997,13 +1002,13 @@ def _cp_adapter_delta(
     d = H * dh
     for t in attn:
         if t.heads != H and t.matrix in ("k", "v"):
-            raise ValueError(
+            raise CPTensorError(
                 f"{cfg_path}: the adapter targets {t.name!r} of a model with grouped-query "
                 f"attention ({H} query heads, {t.heads} key/value heads); the LoRTA delta "
                 "tensor needs equal-sized Q, K, V, O"
             )
         if (t.out_features, t.in_features) != (d, d) or t.heads != H or t.head_dim != dh:
-            raise ValueError(
+            raise CPTensorError(
                 f"{cfg_path}: target {t.name!r} is {t.out_features}×{t.in_features} with "
                 f"{t.heads} heads of {t.head_dim}; the LoRTA delta tensor needs every Q, K, V, "
                 f"O to be {d}×{d} with {H} heads of {dh}"
@@ -1013,16 +1018,16 @@ def _cp_adapter_delta(
     cfg_hidden = cfg.get("hidden_size", cfg.get("n_embd"))
     for what, mine, theirs in (("attention heads", H, cfg_heads), ("hidden size", d, cfg_hidden)):
         if theirs is not None and int(theirs) != mine:
-            raise ValueError(
+            raise CPTensorError(
                 f"base_config: {what} {theirs}, but the adapter in {cfg_path.parent} was saved "
                 f"for a model with {mine}"
             )
     bad_layer = next((t for t in attn if type(t.layer) is not int or t.layer < 0), None)
     if bad_layer is not None:
-        raise ValueError(f"{cfg_path}: target {bad_layer.name!r} has layer {bad_layer.layer!r}")
+        raise CPTensorError(f"{cfg_path}: target {bad_layer.name!r} has layer {bad_layer.layer!r}")
     last = max(t.layer for t in attn)
     if last >= MAX_LAYERS:
-        raise ValueError(
+        raise CPTensorError(
             f"{cfg_path}: a target is in layer {last}; this reader accepts layers below "
             f"{MAX_LAYERS:,}"
         )
@@ -1030,7 +1035,7 @@ def _cp_adapter_delta(
     if n_layers is not None:
         n_layers = _positive_int(n_layers, "base_config num_hidden_layers", MAX_LAYERS)
     if n_layers is not None and n_layers <= last:
-        raise ValueError(f"base_config: {n_layers} layers, but the adapter targets layer {last}")
+        raise CPTensorError(f"base_config: {n_layers} layers, but the adapter targets layer {last}")
     L = max(int(n_layers or 0), last + 1)
 
     # the factors
@@ -1044,9 +1049,9 @@ def _cp_adapter_delta(
             expected.add(key)
             t = tensors.get(key)
             if t is None:
-                raise ValueError(f"{w_path}: tensor {key!r} is missing (its config needs it)")
+                raise CPTensorError(f"{w_path}: tensor {key!r} is missing (its config needs it)")
             if tuple(t.shape) != (size, config.r):
-                raise ValueError(
+                raise CPTensorError(
                     f"{w_path}: tensor {key!r} has shape {tuple(t.shape)}, its config "
                     f"needs ({size}, {config.r})"
                 )
@@ -1054,7 +1059,7 @@ def _cp_adapter_delta(
         groups.append(fs)
     extra = sorted(k for k in tensors if k.startswith("groups.") and k not in expected)
     if extra:
-        raise ValueError(f"{w_path}: unexpected tensors {extra[:5]} (not in its config)")
+        raise CPTensorError(f"{w_path}: unexpected tensors {extra[:5]} (not in its config)")
     n_saved = sum(1 for k in keys if k.startswith("modules_to_save."))
     dtypes = {str(t.dtype) for k, t in tensors.items() if k in expected}
     out_dtype = np.float64 if dtypes == {"torch.float64"} else np.float32
@@ -1076,7 +1081,7 @@ def _cp_adapter_delta(
             )
             name = t.matrix.upper()
             if (t.layer, name) in pairs:
-                raise ValueError(f"{cfg_path}: two targets are layer {t.layer}, matrix {name}")
+                raise CPTensorError(f"{cfg_path}: two targets are layer {t.layer}, matrix {name}")
             pairs[(t.layer, name)] = (b.numpy().astype(out_dtype), a.numpy().astype(out_dtype))
             matched.append((t.layer, name, t.name))
     matched.sort(key=lambda row: (row[0], MATRICES.index(row[1])))
@@ -1134,9 +1139,9 @@ def lowrank_delta_from_weights(
     for k, v in weights.items():
         a = v.detach().float().cpu().numpy() if hasattr(v, "detach") else np.asarray(v, float)
         if not np.isfinite(a).all():
-            raise ValueError(f"weights[{k!r}] holds NaN or infinite values")
+            raise CPTensorError(f"weights[{k!r}] holds NaN or infinite values")
         if a.ndim != 2:
-            raise ValueError(f"weights[{k!r}] has shape {a.shape}; expected a 2-D ΔW (out × in)")
+            raise CPTensorError(f"weights[{k!r}] has shape {a.shape}; expected a 2-D ΔW (out × in)")
         key = k if k.endswith(".weight") else k + ".weight"
         names[key] = a.shape
         mats[key] = a
@@ -1213,7 +1218,7 @@ def lora_delta_from_model(
         factors[key] = ba
         out_in[key] = (ba[0].shape[0], ba[1].shape[1])
     if not factors:
-        raise ValueError(f"model has no adapter {adapter!r} on any module")
+        raise CPTensorError(f"model has no adapter {adapter!r} on any module")
     geo = _update_geometry(out_in, n_heads or _heads_from_config(cfgd), "model", cfgd)
     pairs = {}
     for (l, m), (key, _, sl) in geo.keys.items():
@@ -1490,9 +1495,9 @@ def _check_ranks(ranks: Any) -> list[int]:
         out = sorted({int(r) for r in ranks})
         bad = [r for r in ranks if isinstance(r, bool) or int(r) != r or int(r) < 1]
     except (TypeError, ValueError):
-        raise TypeError(f"ranks must be positive integers; got {ranks!r}") from None
+        raise CPTensorTypeError(f"ranks must be positive integers; got {ranks!r}") from None
     if not out or bad:
-        raise ValueError(
+        raise CPTensorError(
             f"ranks must be a non-empty collection of positive integers; got {ranks!r}"
         )
     return out
@@ -1564,15 +1569,15 @@ def analyze_delta(
     ranks = _check_ranks(ranks)
     shape = tuple(int(s) for s in delta.shape)
     if len(shape) != 5:
-        raise ValueError(f"delta must be 5-way (d, d_h, H, L, M); got shape {shape}")
+        raise CPTensorError(f"delta must be 5-way (d, d_h, H, L, M); got shape {shape}")
     if ranks[-1] > 4 * max(shape):
-        raise ValueError(
+        raise CPTensorError(
             f"ranks up to {ranks[-1]} are out of range for shape {shape}; "
             f"expected ranks <= {4 * max(shape)}"
         )
     es = [float(e) for e in energies]
     if any(not 0 < e <= 1 for e in es):
-        raise ValueError(f"energies must lie in (0, 1]; got {list(energies)}")
+        raise CPTensorError(f"energies must lie in (0, 1]; got {list(energies)}")
     d, dh, H, L, M = shape
 
     # per-matrix spectra (what LoRA would need)
@@ -1604,7 +1609,7 @@ def analyze_delta(
         )
     total = sum(float(np.sum(np.square(v))) for v in spectra.values())
     if total <= 0:
-        raise ValueError("the delta is zero: base and tuned weights are identical")
+        raise CPTensorError("the delta is zero: base and tuned weights are identical")
     cost = d + H * dh  # parameters of one rank-1 term of one matrix: out + in
     max_r = max(len(v) for v in spectra.values())
     lora_rows = []

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cptensor.errors import CPTensorError, CPTensorTypeError
+
 from .inits import factor_bound
 from .modules import AdapterFactors, CPAdapterLayer, target_block
 
@@ -30,7 +32,7 @@ def _default_loss(model: nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
     out = model(**batch)
     loss = out["loss"] if isinstance(out, Mapping) else getattr(out, "loss", None)
     if loss is None:
-        raise ValueError(
+        raise CPTensorError(
             "batches: the model returned no loss; give batches with labels or a loss function"
         )
     return loss
@@ -48,7 +50,9 @@ def _target_gradients(
     for path in adapter.grid.modules:
         layer = model.get_submodule(path)
         if not isinstance(layer, CPAdapterLayer):  # pragma: no cover - attach wraps every target
-            raise TypeError(f"{path}: expected an adapter layer, got {type(layer).__name__}")
+            raise CPTensorTypeError(
+                f"{path}: expected an adapter layer, got {type(layer).__name__}"
+            )
         layers[path] = layer
     weights = [layer.base_layer.weight for layer in layers.values()]
     flags = [w.requires_grad for w in weights]
@@ -60,7 +64,7 @@ def _target_gradients(
         for batch in batches:
             value = loss(model, batch)
             if not torch.isfinite(value):
-                raise ValueError(f"batches: the loss of batch {n} is {float(value.detach())}")
+                raise CPTensorError(f"batches: the loss of batch {n} is {float(value.detach())}")
             grads = torch.autograd.grad(value, weights, allow_unused=True)
             grads = [torch.zeros_like(w) if g is None else g for w, g in zip(weights, grads)]
             sums = grads if sums is None else [s + g for s, g in zip(sums, grads)]
@@ -69,7 +73,7 @@ def _target_gradients(
         for w, flag in zip(weights, flags):
             w.requires_grad_(flag)
     if sums is None:
-        raise ValueError("batches: expected at least one batch, got none")
+        raise CPTensorError("batches: expected at least one batch, got none")
     by_module = {path: g / n for path, g in zip(layers, sums)}
     out = {}
     for t in adapter.grid.targets:
@@ -184,7 +188,7 @@ def gradient_init(
     if factor_bound(adapter.config.init, "in", 1, 1) is not None and (
         factor_bound(adapter.config.init, "out", 1, 1) is not None
     ):
-        raise ValueError(
+        raise CPTensorError(
             f"name: adapter {name!r} uses init={adapter.config.init!r}, which has no zero "
             "factor; gradient_init keeps the model unchanged only with a zero factor"
         )
@@ -194,7 +198,7 @@ def gradient_init(
         if isinstance(layer, CPAdapterLayer) and name in layer.merged
     ]
     if merged:
-        raise ValueError(f"name: adapter {name!r} is merged into {merged[0]}; unmerge it first")
+        raise CPTensorError(f"name: adapter {name!r} is merged into {merged[0]}; unmerge it first")
     grads = _target_gradients(model, adapter, batches, loss or _default_loss)
     fits = []
     for plan in adapter.plans:

@@ -34,6 +34,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from cptensor.errors import CPTensorError, CPTensorKeyError, CPTensorTypeError
+
 __all__ = ["ATTENTION_ROLES", "Target", "WeightGrid"]
 
 #: Matrix names of the attention projections, in grid order.
@@ -107,7 +109,7 @@ class Target:
         for name in ("name", "module", "matrix"):
             v = getattr(self, name)
             if not isinstance(v, str) or not v:
-                raise ValueError(f"Target.{name}: expected a non-empty string, got {v!r}")
+                raise CPTensorError(f"Target.{name}: expected a non-empty string, got {v!r}")
         for name, low in (
             ("layer", 0),
             ("in_features", 1),
@@ -118,16 +120,16 @@ class Target:
         ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(
+                raise CPTensorError(
                     f"Target.{name} of {self.name!r}: expected an integer >= {low}, got {v!r}"
                 )
         if self.head_side not in (None, "out", "in"):
-            raise ValueError(
+            raise CPTensorError(
                 f"Target.head_side of {self.name!r}: expected None, 'out' or 'in', got "
                 f"{self.head_side!r}"
             )
         if self.storage not in ("linear", "conv1d"):
-            raise ValueError(
+            raise CPTensorError(
                 f"Target.storage of {self.name!r}: expected 'linear' or 'conv1d', got "
                 f"{self.storage!r}"
             )
@@ -142,7 +144,7 @@ class Target:
             return 1
         size = self.side_size(side)
         if size % self.head_dim:
-            raise ValueError(
+            raise CPTensorError(
                 f"target {self.name!r}: its {side} side has {size} features, not a multiple of "
                 f"head_dim={self.head_dim}; heads cannot split it (use head_split to choose "
                 "the other side)"
@@ -182,7 +184,7 @@ def _weight_shape(module: nn.Module) -> tuple[int, int, Storage]:
     if _is_conv1d(module):
         w = module.weight
         return int(w.shape[1]), int(w.shape[0]), "conv1d"
-    raise TypeError(f"unsupported module type {type(module).__name__}")
+    raise CPTensorTypeError(f"unsupported module type {type(module).__name__}")
 
 
 #: Name of the class attribute by which adapter modules tell the grid what they are.
@@ -288,7 +290,7 @@ class WeightGrid:
         try:
             return self._by_name[name]
         except KeyError:
-            raise KeyError(f"no target named {name!r} in this grid") from None
+            raise CPTensorKeyError(f"no target named {name!r} in this grid") from None
 
     def targets_of(self, module: str) -> tuple[Target, ...]:
         """The targets held by one module (three for a fused GPT-2 ``c_attn``)."""
@@ -320,32 +322,32 @@ class WeightGrid:
             ValueError: a missing key or a value of the wrong type or range, named.
         """
         if not isinstance(data, Mapping):
-            raise ValueError(f"grid: expected a mapping, got {type(data).__name__}")
+            raise CPTensorError(f"grid: expected a mapping, got {type(data).__name__}")
         arch = data.get("architecture")
         if not isinstance(arch, str):
-            raise ValueError(f"grid.architecture: expected a string, got {arch!r}")
+            raise CPTensorError(f"grid.architecture: expected a string, got {arch!r}")
         targets = data.get("targets")
         if not isinstance(targets, list) or not all(isinstance(t, Mapping) for t in targets):
-            raise ValueError("grid.targets: expected a list of objects")
+            raise CPTensorError("grid.targets: expected a list of objects")
         sizes = {}
         for key in ("hidden_size", "num_heads", "num_kv_heads", "head_dim"):
             v = data.get(key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(f"grid.{key}: expected None or an integer >= 1, got {v!r}")
+                raise CPTensorError(f"grid.{key}: expected None or an integer >= 1, got {v!r}")
             sizes[key] = v
         fields_ = {f for f in Target.__dataclass_fields__}
         built = []
         for t in targets:
             unknown = sorted(set(t) - fields_)
             if unknown:
-                raise ValueError(f"grid.targets: unknown fields {unknown[:5]}")
+                raise CPTensorError(f"grid.targets: unknown fields {unknown[:5]}")
             try:
                 built.append(Target(**t))
             except TypeError as exc:  # a required field missing
-                raise ValueError(f"grid.targets: {exc}") from None
+                raise CPTensorError(f"grid.targets: {exc}") from None
         names = [t.name for t in built]
         if len(set(names)) != len(names):
-            raise ValueError("grid.targets: target names are not unique")
+            raise CPTensorError("grid.targets: target names are not unique")
         return cls(architecture=arch, targets=tuple(built), **sizes)
 
     def differences(
@@ -429,14 +431,14 @@ class WeightGrid:
             [('k', 16, 2), ('mlp.up_proj', 64, 0)]
         """
         if targets is not None and not isinstance(targets, (str, list, tuple)):
-            raise TypeError(
+            raise CPTensorTypeError(
                 f"targets: expected None, a regex string or a list of names, got "
                 f"{type(targets).__name__}"
             )
         if isinstance(targets, (list, tuple)):
             bad = [t for t in targets if not isinstance(t, str) or not t]
             if bad or not targets:
-                raise ValueError(
+                raise CPTensorError(
                     "targets: expected a non-empty list of non-empty strings, got "
                     f"{list(targets)!r}"
                 )
@@ -444,7 +446,7 @@ class WeightGrid:
         if roles:
             for k, v in roles.items():
                 if v not in ATTENTION_ROLES:
-                    raise ValueError(
+                    raise CPTensorError(
                         f"roles: {k!r} maps to {v!r}; expected one of {list(ATTENTION_ROLES)}"
                     )
                 role_map[k] = v
@@ -480,7 +482,7 @@ class WeightGrid:
         selected: list[tuple[str, nn.Module, tuple[str, ...] | None]] = []
         if targets is None:
             if not attention:
-                raise ValueError(
+                raise CPTensorError(
                     "WeightGrid.from_model: found no attention projection this library knows "
                     "(BERT/RoBERTa query/key/value/attention.output.dense, GPT-2 c_attn/c_proj, "
                     "Llama-style q_proj/k_proj/v_proj/o_proj). Weight modules found: "
@@ -492,12 +494,12 @@ class WeightGrid:
             try:
                 pattern = re.compile(targets)
             except re.error as exc:
-                raise ValueError(
+                raise CPTensorError(
                     f"targets: invalid regular expression {targets!r}: {exc}"
                 ) from None
             selected = [e for e in entries if pattern.fullmatch(e[0])]
             if not selected:
-                raise ValueError(
+                raise CPTensorError(
                     f"targets: regular expression {targets!r} matches no Linear/Conv1D module; "
                     f"module paths found: {_preview([p for p, _, _ in entries], 8)}"
                 )
@@ -519,7 +521,7 @@ class WeightGrid:
                 if not hits:
                     unmatched.append(key)
             if unmatched:
-                raise ValueError(
+                raise CPTensorError(
                     f"targets: {unmatched!r} match no module (names match a module path exactly "
                     f"or as a dotted suffix; 'q','k','v','o' need a known attention layout or "
                     f"roles=). Candidates: {_preview(_suffixes([p for p, _, _ in entries]), 12)}"
@@ -555,7 +557,7 @@ class WeightGrid:
                 )
                 continue
             if H is None or d_h is None:
-                raise ValueError(
+                raise CPTensorError(
                     f"target {path!r} is an attention projection but the head geometry is "
                     "unknown: pass num_heads= (and num_kv_heads=, head_dim= if they differ)"
                 )
@@ -566,7 +568,7 @@ class WeightGrid:
                 size = heads * d_h
                 if role == "o":
                     if in_f != H * d_h:
-                        raise ValueError(
+                        raise CPTensorError(
                             f"target {path!r} (o): in_features={in_f}, expected num_heads*head_dim"
                             f" = {H}*{d_h} = {H * d_h}; pass num_heads=/head_dim= explicitly"
                         )
@@ -586,7 +588,7 @@ class WeightGrid:
                     )
                     continue
                 if not fused and out_f != size:
-                    raise ValueError(
+                    raise CPTensorError(
                         f"target {path!r} ({role}): out_features={out_f}, expected "
                         f"{'num_kv_heads' if role in 'kv' else 'num_heads'}*head_dim = "
                         f"{heads}*{d_h} = {size}; pass num_heads=/num_kv_heads=/head_dim= "
@@ -611,7 +613,7 @@ class WeightGrid:
                     )
                 offset += size
             if fused and offset != out_f:
-                raise ValueError(
+                raise CPTensorError(
                     f"target {path!r}: fused output has {out_f} features, expected "
                     f"{offset} (q, k, v of {H}, {H_kv}, {H_kv} heads of {d_h})"
                 )
@@ -619,7 +621,7 @@ class WeightGrid:
         for t in found:
             key = (t.layer, t.matrix)
             if key in seen:
-                raise ValueError(
+                raise CPTensorError(
                     f"targets {seen[key]!r} and {t.name!r} both map to layer {t.layer}, matrix "
                     f"{t.matrix!r}; name targets so that each (layer, matrix) is one weight"
                 )

@@ -47,6 +47,8 @@ import math
 
 import torch
 
+from cptensor.errors import CPTensorError
+
 __all__ = ["INITS", "draw_factor", "factor_bound"]
 
 #: The initialisations (see the module docstring for their formulas).
@@ -80,11 +82,11 @@ def factor_bound(init: str, mode: str, size: int, r: int) -> float | None:
         0.5
     """
     if init not in INITS:
-        raise ValueError(f"init: expected one of {INITS}, got {init!r}")
+        raise CPTensorError(f"init: expected one of {INITS}, got {init!r}")
     if mode not in _MODES:
-        raise ValueError(f"mode: expected one of {_MODES}, got {mode!r}")
+        raise CPTensorError(f"mode: expected one of {_MODES}, got {mode!r}")
     if size < 1 or r < 1:
-        raise ValueError(f"size and r: expected integers >= 1, got {size} and {r}")
+        raise CPTensorError(f"size and r: expected integers >= 1, got {size} and {r}")
     if mode == _zero_mode(init):
         return None
     if init == "reference" and mode in _COEFFICIENT_MODES:

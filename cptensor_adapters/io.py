@@ -20,6 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from cptensor.errors import CPTensorError
+
 from ._files import read_regular_file, replaced_directory
 from .config import AdapterConfig
 from .grid import WeightGrid
@@ -121,7 +123,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str], name: str = "de
 def _field(meta: dict[str, Any], key: str, kind: type | tuple[type, ...], file: Path) -> Any:
     value = meta.get(key)
     if not isinstance(value, kind):
-        raise ValueError(
+        raise CPTensorError(
             f"path: {file}: field {key!r} is missing or not a "
             f"{getattr(kind, '__name__', kind)} (got {type(value).__name__})"
         )
@@ -143,21 +145,21 @@ def read_adapter_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         meta = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ValueError(
+        raise CPTensorError(
             f"path: {file} is not valid JSON ({type(exc).__name__}; UTF-8 JSON expected)"
         ) from None
     if not isinstance(meta, dict):
-        raise ValueError(f"path: {file} holds a JSON {type(meta).__name__}, expected an object")
+        raise CPTensorError(f"path: {file} holds a JSON {type(meta).__name__}, expected an object")
     if meta.get("format") != FORMAT:
-        raise ValueError(
+        raise CPTensorError(
             f"path: {file} is not a cptensor_adapters adapter (format={meta.get('format')!r}, "
             f"expected {FORMAT!r}); a PEFT LoRA directory loads with peft.PeftModel"
         )
     version = meta.get("format_version", 0)
     if isinstance(version, bool) or not isinstance(version, int):
-        raise ValueError(f"path: {file}: format_version {version!r} is not an integer")
+        raise CPTensorError(f"path: {file}: format_version {version!r} is not an integer")
     if version > FORMAT_VERSION:
-        raise ValueError(
+        raise CPTensorError(
             f"path: {file} has format_version {version}, this library reads up to {FORMAT_VERSION}"
         )
     _field(meta, "name", str, file)
@@ -173,11 +175,11 @@ def _saved_config_and_grid(meta: dict[str, Any], file: Path) -> tuple[AdapterCon
     try:
         config = AdapterConfig.from_dict(meta["config"])
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"path: {file}: bad config ({exc})") from None
+        raise CPTensorError(f"path: {file}: bad config ({exc})") from None
     try:
         grid = WeightGrid.from_dict(meta["grid"])
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
-        raise ValueError(f"path: {file}: bad grid ({type(exc).__name__}: {exc})") from None
+        raise CPTensorError(f"path: {file}: bad grid ({type(exc).__name__}: {exc})") from None
     return config, grid
 
 
@@ -187,7 +189,7 @@ def _header(file: Path) -> dict[str, tuple[tuple[int, ...], str]]:
     from safetensors import safe_open
 
     if not file.is_file():
-        raise ValueError(f"path: {file} is missing or not a regular file")
+        raise CPTensorError(f"path: {file} is missing or not a regular file")
     try:
         with safe_open(str(file), framework="pt") as fh:
             return {
@@ -195,7 +197,7 @@ def _header(file: Path) -> dict[str, tuple[tuple[int, ...], str]]:
                 for k in fh.keys()
             }
     except Exception as exc:  # the library's SafetensorError and I/O errors
-        raise ValueError(f"path: {file} is not a valid safetensors file ({exc})") from None
+        raise CPTensorError(f"path: {file} is not a valid safetensors file ({exc})") from None
 
 
 _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
@@ -215,19 +217,19 @@ def _check_factors(
     found = {k for k in header if k.startswith("groups.")}
     missing, extra = sorted(set(expected) - found), sorted(found - set(expected))
     if missing or extra:
-        raise ValueError(
+        raise CPTensorError(
             f"path: {file} does not match its config: missing {missing[:5]}, unexpected {extra[:5]}"
         )
     for key, shape in expected.items():
         got, dtype = header[key]
         if got != shape:
-            raise ValueError(
+            raise CPTensorError(
                 f"path: tensor {key!r} in {file} has shape {got}, the config and the model "
                 f"imply {shape}"
             )
     for key, (_, dtype) in header.items():
         if dtype not in _FLOAT_DTYPES:
-            raise ValueError(
+            raise CPTensorError(
                 f"path: tensor {key!r} in {file} has dtype {dtype}; expected a floating type"
             )
 
@@ -281,7 +283,7 @@ def load_adapter(
     config, saved_grid = _saved_config_and_grid(meta, config_file)
     store = _store(model)
     if store is not None and name in store.adapters:
-        raise ValueError(
+        raise CPTensorError(
             f"name: the model already has an adapter {name!r}; pass name= to load under another"
         )
     # The saved grid names the modules: a regular expression from the file is never run.
@@ -291,12 +293,12 @@ def load_adapter(
     try:
         grid = _grid_for(model, selection)
     except ValueError as exc:
-        raise ValueError(
+        raise CPTensorError(
             f"model: cannot map the adapter in {directory} onto this model ({exc})"
         ) from None
     diffs = saved_grid.differences(grid, labels=("file", "model"))
     if diffs:
-        raise ValueError(
+        raise CPTensorError(
             f"model: the adapter in {directory} was saved for a model of other geometry: "
             + "; ".join(diffs[:8])
             + (f"; ... ({len(diffs) - 8} more)" if len(diffs) > 8 else "")
@@ -307,7 +309,7 @@ def load_adapter(
     try:
         tensors = load_file(str(weights))
     except Exception as exc:  # pragma: no cover - the header was valid a moment ago
-        raise ValueError(f"path: {weights} could not be read ({exc})") from None
+        raise CPTensorError(f"path: {weights} could not be read ({exc})") from None
     attach(model, selection, name)
     try:
         _copy_into(model, name, tensors, directory)
@@ -332,18 +334,18 @@ def _copy_into(model: nn.Module, name: str, tensors: dict[str, torch.Tensor], wh
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing or extra:
-        raise ValueError(
+        raise CPTensorError(
             f"path: {file} does not match its config: missing {missing[:5]}, unexpected {extra[:5]}"
         )
     for key, p in expected.items():
         t = tensors[key]
         if tuple(t.shape) != tuple(p.shape):
-            raise ValueError(
+            raise CPTensorError(
                 f"path: tensor {key!r} in {file} has shape {tuple(t.shape)}, "
                 f"the model expects {tuple(p.shape)}"
             )
         if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"path: tensor {key!r} in {file} holds NaN or infinite values")
+            raise CPTensorError(f"path: tensor {key!r} in {file} holds NaN or infinite values")
     for key, p in expected.items():
         # explicit I/O: the file's CPU tensor goes to the parameter's device and dtype
         p.copy_(tensors[key].to(device=p.device, dtype=p.dtype))

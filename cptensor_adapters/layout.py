@@ -38,6 +38,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cptensor.errors import CPTensorError
+
 from .grid import Side, Target, WeightGrid, _ordered_matrices
 
 __all__ = [
@@ -78,7 +80,7 @@ class Layout:
         >>> Layout(modes=("out", "in", "heads"))
         Traceback (most recent call last):
         ...
-        ValueError: layout modes: unknown axis 'heads'; expected axes from ('out', 'in', ...)
+        cptensor.errors.CPTensorError: layout modes: unknown axis 'heads'; expected axes from ...
     """
 
     modes: tuple[str, ...]
@@ -88,10 +90,12 @@ class Layout:
     def __post_init__(self) -> None:
         for label, axes in (("modes", self.modes), ("groups", self.groups)):
             if isinstance(axes, str) or not isinstance(axes, Sequence):
-                raise ValueError(f"layout {label}: expected a sequence of axis names, got {axes!r}")
+                raise CPTensorError(
+                    f"layout {label}: expected a sequence of axis names, got {axes!r}"
+                )
             for a in axes:
                 if a not in AXES:
-                    raise ValueError(
+                    raise CPTensorError(
                         f"layout {label}: unknown axis {a!r}; expected axes from {AXES}"
                     )
         object.__setattr__(self, "modes", tuple(self.modes))
@@ -99,17 +103,17 @@ class Layout:
         both = list(self.modes) + list(self.groups)
         dup = sorted({a for a in both if both.count(a) > 1})
         if dup:
-            raise ValueError(
+            raise CPTensorError(
                 f"layout: axes {dup} appear more than once in modes={self.modes}, "
                 f"groups={self.groups}; each axis is a mode, a group axis, or neither"
             )
         for a in ("out", "in"):
             if a not in self.modes:
-                raise ValueError(
+                raise CPTensorError(
                     f"layout modes: {self.modes} lacks {a!r}; 'out' and 'in' are always modes"
                 )
         if "head" in self.groups:
-            raise ValueError(
+            raise CPTensorError(
                 "layout groups: 'head' cannot index independent groups (per-head adapters are "
                 "not supported); make 'head' a mode or leave it out"
             )
@@ -144,7 +148,7 @@ class Layout:
             return spec
         if isinstance(spec, str):
             if spec not in LAYOUTS:
-                raise ValueError(
+                raise CPTensorError(
                     f"layout: unknown layout {spec!r}; expected one of {sorted(LAYOUTS)}, a "
                     "Layout, or a dict with 'modes' (and 'groups')"
                 )
@@ -152,7 +156,7 @@ class Layout:
         if isinstance(spec, Mapping):
             extra = set(spec) - {"modes", "groups", "name"}
             if "modes" not in spec or extra:
-                raise ValueError(
+                raise CPTensorError(
                     f"layout: a dict layout needs 'modes' (and may have 'groups', 'name'); got "
                     f"keys {sorted(spec)}"
                 )
@@ -164,7 +168,7 @@ class Layout:
             ):
                 return LAYOUTS[name]
             return cls(tuple(spec["modes"]), tuple(spec.get("groups", ())), name)
-        raise ValueError(
+        raise CPTensorError(
             f"layout: expected a layout name, a Layout or a dict, got {type(spec).__name__}"
         )
 
@@ -194,12 +198,12 @@ def resolve_head_split(head_split: str | Mapping[str, str], target: Target) -> S
             return natural
         if head_split in ("out", "in"):
             return head_split  # type: ignore[return-value]
-        raise ValueError(
+        raise CPTensorError(
             f"head_split: expected 'auto', 'out', 'in' or a dict matrix -> side, got {head_split!r}"
         )
     side = head_split.get(target.matrix, natural)
     if side not in ("out", "in"):
-        raise ValueError(f"head_split[{target.matrix!r}]: expected 'out' or 'in', got {side!r}")
+        raise CPTensorError(f"head_split[{target.matrix!r}]: expected 'out' or 'in', got {side!r}")
     return side  # type: ignore[return-value]
 
 
@@ -297,7 +301,7 @@ def plan_groups(
     if isinstance(head_split, Mapping):
         unknown = sorted(set(head_split) - set(grid.matrices))
         if unknown:
-            raise ValueError(
+            raise CPTensorError(
                 f"head_split: {unknown} name no matrix of the targets; their matrices are "
                 f"{list(grid.matrices)}"
             )

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cptensor.errors import CPTensorError, CPTensorKeyError, CPTensorTypeError
+
 from .config import AdapterConfig
 from .grid import WeightGrid, _suffix_match, iter_weight_modules
 from .layout import GroupPlan, lora_equivalent_parameters, plan_groups
@@ -59,7 +61,7 @@ _NAME = re.compile(r"[A-Za-z0-9_\-]+")
 
 def _check_name(name: Any) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ValueError(
+        raise CPTensorError(
             f"name: expected a non-empty string of letters, digits, '_' or '-', got {name!r}"
         )
     return name
@@ -72,10 +74,10 @@ def _store(model: nn.Module) -> FactorStore | None:
 
 def _require_store(model: nn.Module) -> FactorStore:
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        raise CPTensorTypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     store = _store(model)
     if store is None:
-        raise ValueError(
+        raise CPTensorError(
             f"model: {type(model).__name__} has no adapters (attach one with attach(model, config))"
         )
     return store
@@ -84,7 +86,7 @@ def _require_store(model: nn.Module) -> FactorStore:
 def _require_adapter(model: nn.Module, name: str) -> AdapterFactors:
     store = _require_store(model)
     if name not in store.adapters:
-        raise KeyError(f"name: no adapter {name!r}; the model has {list(store.adapters)}")
+        raise CPTensorKeyError(f"name: no adapter {name!r}; the model has {list(store.adapters)}")
     return store.adapters[name]  # type: ignore[return-value]
 
 
@@ -152,14 +154,14 @@ def attach(
         200
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        raise CPTensorTypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     config = AdapterConfig() if config is None else config
     if not isinstance(config, AdapterConfig):
-        raise TypeError(f"config: expected an AdapterConfig, got {type(config).__name__}")
+        raise CPTensorTypeError(f"config: expected an AdapterConfig, got {type(config).__name__}")
     _check_name(name)
     store = _store(model)
     if store is not None and name in store.adapters:
-        raise ValueError(
+        raise CPTensorError(
             f"name: the model already has an adapter {name!r}; pick another name or "
             "remove_adapter(model, name) first"
         )
@@ -169,13 +171,13 @@ def attach(
     weights = [modules[m].weight for m in grid.modules]
     devices = sorted({str(w.device) for w in weights})
     if len(devices) > 1:
-        raise ValueError(
+        raise CPTensorError(
             f"model: the targets' weights are on several devices {devices}; one adapter's shared "
             "factors need one device (move the model with model.to(device) first)"
         )
     dtypes = sorted({str(w.dtype) for w in weights})
     if len(dtypes) > 1 and config.factor_dtype is None:
-        raise ValueError(
+        raise CPTensorError(
             f"config.factor_dtype: the targets' weights have several dtypes {dtypes}; set "
             "factor_dtype explicitly"
         )
@@ -237,14 +239,14 @@ def _modules_to_save_paths(model: nn.Module, keys: Sequence[str], targets: set[s
             unmatched.append(key)
         for p in hits:
             if p in targets or any(t.startswith(p + ".") for t in targets):
-                raise ValueError(
+                raise CPTensorError(
                     f"modules_to_save: {key!r} matches {p!r}, which contains adapter targets; "
                     "a module is either adapted or saved in full, not both"
                 )
             if p not in paths:
                 paths.append(p)
     if unmatched:
-        raise ValueError(
+        raise CPTensorError(
             f"modules_to_save: {unmatched!r} match no module (names match a module path exactly "
             f"or as a dotted suffix); top-level modules: {[n for n, _ in model.named_children()]}"
         )
@@ -265,7 +267,7 @@ def _check_untied(model: nn.Module, paths: list[str]) -> None:
             mine = (path, path + ".")
             others = [o for o in owners.get(id(p), []) if o != path and not o.startswith(mine[1])]
             if others:
-                raise ValueError(
+                raise CPTensorError(
                     f"modules_to_save: {path!r} shares its weights with {others[0]!r} (tied "
                     "embeddings); a trainable copy would untie them. Untie them first (e.g. "
                     "clone the output layer's weight and set config.tie_word_embeddings=False)"
@@ -351,13 +353,15 @@ def set_active(model: nn.Module, names: str | Sequence[str]) -> nn.Module:
     elif isinstance(names, Sequence) and all(isinstance(n, str) for n in names):
         names = tuple(names)
     else:
-        raise TypeError(
+        raise CPTensorTypeError(
             f"names: expected an adapter name or a list of names ([] deactivates all), got "
             f"{names!r}"
         )
     missing = [n for n in names if n not in store.adapters]
     if missing:
-        raise KeyError(f"names: no adapter(s) {missing}; the model has {list(store.adapters)}")
+        raise CPTensorKeyError(
+            f"names: no adapter(s) {missing}; the model has {list(store.adapters)}"
+        )
     new_active = tuple(dict.fromkeys(names))
     for n in merged_adapters(model):
         if n not in new_active:
@@ -390,7 +394,7 @@ def merge(model: nn.Module, name: str | None = None) -> nn.Module:
     """
     store = _require_store(model)
     if store.disabled:
-        raise ValueError(
+        raise CPTensorError(
             "model: cannot merge inside disabled(model), where the model must compute what the "
             "base model computes; merge after the with-block"
         )
@@ -662,13 +666,13 @@ def as_cp(model: nn.Module, name: str = "default", group: int | None = None) -> 
     a = _require_adapter(model, name)
     if group is None:
         if len(a.groups) != 1:
-            raise ValueError(
+            raise CPTensorError(
                 f"group: adapter {name!r} has {len(a.groups)} CP tensors; pass group=0.."
                 f"{len(a.groups) - 1} (see adapter_groups(model, name))"
             )
         group = 0
     if isinstance(group, bool) or not isinstance(group, int) or not 0 <= group < len(a.groups):
-        raise ValueError(f"group: expected 0..{len(a.groups) - 1}, got {group}")
+        raise CPTensorError(f"group: expected 0..{len(a.groups) - 1}, got {group}")
     factors = [f.detach().clone() for f in a.groups[group].factor_list()]
     weights = torch.full(
         (a.config.r,), a.config.scaling, dtype=factors[0].dtype, device=factors[0].device

@@ -37,6 +37,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cptensor.errors import CPTensorError
+
 from .layout import AXES
 from .model import _require_store
 from .modules import FactorGroup, FactorStore
@@ -58,9 +60,9 @@ def _check_ratios(lr_ratios: Mapping[str, float] | None) -> dict[str, float]:
     ratios = dict(lr_ratios or {})
     for mode, v in ratios.items():
         if mode not in AXES:
-            raise ValueError(f"lr_ratios: unknown mode {mode!r}; expected modes from {AXES}")
+            raise CPTensorError(f"lr_ratios: unknown mode {mode!r}; expected modes from {AXES}")
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-            raise ValueError(f"lr_ratios[{mode!r}]: expected a positive number, got {v!r}")
+            raise CPTensorError(f"lr_ratios[{mode!r}]: expected a positive number, got {v!r}")
     return ratios
 
 
@@ -138,7 +140,7 @@ class CPPreconditioner:
 
     def __init__(self, model: nn.Module, reg: float = 1e-3) -> None:
         if isinstance(reg, bool) or not isinstance(reg, (int, float)) or not reg > 0:
-            raise ValueError(f"reg: expected a positive number, got {reg!r}")
+            raise CPTensorError(f"reg: expected a positive number, got {reg!r}")
         self.store = _require_store(model)
         self.reg = float(reg)
 
@@ -209,12 +211,12 @@ def create_optimizer(
         'CPPreconditionedAdamW'
     """
     if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
-        raise ValueError(
+        raise CPTensorError(
             f"optimizer_cls: expected a torch.optim.Optimizer subclass, got {optimizer_cls!r}"
         )
     closure = inspect.signature(optimizer_cls.step).parameters.get("closure")
     if closure is not None and closure.default is inspect.Parameter.empty:
-        raise ValueError(
+        raise CPTensorError(
             f"optimizer_cls: {optimizer_cls.__name__}.step needs a closure, which would "
             "recompute the gradients after they were preconditioned; use AdamW, SGD, ..."
         )
@@ -225,7 +227,7 @@ def create_optimizer(
 
     def step(self: torch.optim.Optimizer, closure: Callable[[], Any] | None = None) -> Any:
         if closure is not None:
-            raise ValueError("closure: the preconditioned optimiser takes none")
+            raise CPTensorError("closure: the preconditioned optimiser takes none")
         pre.step()
         return optimizer_cls.step(self, None)
 

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from cptensor.errors import CPTensorError, CPTensorTypeError
+
 from .data import TextDataset
 
 __all__ = [
@@ -89,13 +91,13 @@ class TrainConfig:
         for name in ("steps", "batch_size", "max_length", "eval_batch_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer; got {v!r}")
+                raise CPTensorError(f"{name} must be a positive integer; got {v!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number; got {self.lr!r}")
+            raise CPTensorError(f"lr must be a positive number; got {self.lr!r}")
         if not 0.0 <= self.warmup_fraction < 1.0:
-            raise ValueError(f"warmup_fraction must be in [0, 1); got {self.warmup_fraction!r}")
+            raise CPTensorError(f"warmup_fraction must be in [0, 1); got {self.warmup_fraction!r}")
         if self.max_seconds is not None and not self.max_seconds > 0:
-            raise ValueError(f"max_seconds must be positive or None; got {self.max_seconds!r}")
+            raise CPTensorError(f"max_seconds must be positive or None; got {self.max_seconds!r}")
 
 
 @dataclass(frozen=True)
@@ -176,9 +178,11 @@ def choose_threads(max_threads: int | None = None, *, own_load: float = 0.0) -> 
         try:
             n = int(env)
         except ValueError:
-            raise ValueError(f"CPTENSOR_THREADS must be a positive integer; got {env!r}") from None
+            raise CPTensorError(
+                f"CPTENSOR_THREADS must be a positive integer; got {env!r}"
+            ) from None
         if n < 1:
-            raise ValueError(f"CPTENSOR_THREADS must be a positive integer; got {env!r}")
+            raise CPTensorError(f"CPTENSOR_THREADS must be a positive integer; got {env!r}")
         return n
     cores = os.cpu_count() or 1
     try:
@@ -317,7 +321,7 @@ def evaluate_accuracy(
     import torch
 
     if len(data) == 0:
-        raise ValueError("data is empty; expected at least one example to evaluate on")
+        raise CPTensorError("data is empty; expected at least one example to evaluate on")
     was_training = model.training
     model.eval()
     correct = 0
@@ -398,12 +402,12 @@ def train_classifier(
     import torch
 
     if not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a TrainConfig; got {type(config).__name__}")
+        raise CPTensorTypeError(f"config must be a TrainConfig; got {type(config).__name__}")
     if len(train) == 0 or len(test) == 0:
-        raise ValueError(f"train and test must be non-empty; got {len(train)} and {len(test)}")
+        raise CPTensorError(f"train and test must be non-empty; got {len(train)} and {len(test)}")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
-        raise ValueError("model has no trainable parameter (nothing has requires_grad=True)")
+        raise CPTensorError("model has no trainable parameter (nothing has requires_grad=True)")
     torch.manual_seed(config.seed)
     if optimizer is None:
         opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)

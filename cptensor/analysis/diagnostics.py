@@ -22,6 +22,7 @@ from .._backend import (
     to_numpy,
 )
 from ..cp import CPTensor
+from ..errors import CPTensorError, CPTensorTypeError
 from ..operator import is_operator
 from ..products import _mttkrp_one, multi_mode_product
 from ..reconstruct import reconstruct
@@ -41,7 +42,7 @@ DEGENERACY_THRESHOLD: float = -0.85
 
 def _check_x_cp(x: Any, cp: Any) -> tuple[tuple[int, ...], bool]:
     if not isinstance(cp, CPTensor):
-        raise TypeError(f"cp must be a cptensor.CPTensor, got {type(cp).__name__}")
+        raise CPTensorTypeError(f"cp must be a cptensor.CPTensor, got {type(cp).__name__}")
     if is_operator(x):
         shape = tuple(int(s) for s in x.shape)
         op = True
@@ -51,11 +52,11 @@ def _check_x_cp(x: Any, cp: Any) -> tuple[tuple[int, ...], bool]:
         namespace(x, cp.factors[0], names=["x", "cp.factors[0]"])
         check_same_device_dtype([x, cp.factors[0]], ["x", "cp.factors[0]"])
     else:
-        raise TypeError(
+        raise CPTensorTypeError(
             f"x must be an array (NumPy or torch) or a TensorOperator, got {type(x).__name__}"
         )
     if shape != cp.shape:
-        raise ValueError(
+        raise CPTensorError(
             f"cp has shape {cp.shape} but x has shape {shape}; the CP model must have one "
             "factor row per index of each mode of x"
         )
@@ -68,7 +69,9 @@ def _observed(x: Array, mask: Any) -> Array | None:
     if mask is not None:
         if not is_array(mask) or shape_tuple(mask) != shape_tuple(x):
             got = shape_tuple(mask) if is_array(mask) else type(mask).__name__
-            raise ValueError(f"mask must be a boolean array of shape {shape_tuple(x)}, got {got}")
+            raise CPTensorError(
+                f"mask must be a boolean array of shape {shape_tuple(x)}, got {got}"
+            )
         return xp.astype(mask, xp.bool)
     nan = xp.isnan(x)
     if bool(xp.any(nan)):
@@ -135,20 +138,20 @@ def core_consistency(
     shape, op = _check_x_cp(x, cp)
     rank, n = cp.rank, cp.ndim
     if rank**n > max_core_entries:
-        raise ValueError(
+        raise CPTensorError(
             f"the core of a rank-{rank} model of a {n}-way tensor has {rank}^{n} = "
             f"{rank**n} entries, more than max_core_entries={max_core_entries}; raise the "
             "limit if memory allows"
         )
     xp = cp.xp
     if not all(bool(xp.all(xp.isfinite(a))) for a in (cp.weights, *cp.factors)):
-        raise ValueError("cp holds NaN or infinite values; core consistency is undefined")
+        raise CPTensorError("cp holds NaN or infinite values; core consistency is undefined")
     mats = list(cp.factors)
     mats[0] = mats[0] * cp.weights
     pinvs = [xp.linalg.pinv(m) for m in mats]  # (R, I_n)
     if op:
         if not hasattr(x, "multi_mode_product"):
-            raise TypeError(
+            raise CPTensorTypeError(
                 f"core_consistency needs x.multi_mode_product(matrices); {type(x).__name__} "
                 "does not provide it"
             )
@@ -157,16 +160,16 @@ def core_consistency(
         obs = _observed(x, mask)
         seen = x if obs is None else xp.where(obs, x, xp.zeros_like(x))
         if obs is not None and not bool(xp.any(obs)):
-            raise ValueError("x has no observed entries (all masked or NaN)")
+            raise CPTensorError("x has no observed entries (all masked or NaN)")
         if not bool(xp.all(xp.isfinite(seen))):
-            raise ValueError("x holds infinite values (or NaN where the mask says observed)")
+            raise CPTensorError("x holds infinite values (or NaN where the mask says observed)")
         if obs is not None:
             x = xp.where(obs, x, reconstruct(cp))
         order = sorted(range(n), key=lambda k: rank / shape[k])
         g = multi_mode_product(x, [pinvs[k] for k in order], modes=order)
     g64 = to_numpy(float64_of(namespace(g), g))
     if not np.all(np.isfinite(g64)):
-        raise ValueError("the Tucker core is not finite (x or its values overflow)")
+        raise CPTensorError("the Tucker core is not finite (x or its values overflow)")
     ident = np.zeros((rank,) * n)
     ident[(np.arange(rank),) * n] = 1.0
     denom = float(np.sum(g64**2)) if normalised else float(rank)
@@ -194,7 +197,7 @@ def degeneracy(cp: CPTensor) -> float:
     -0.985
     """
     if not isinstance(cp, CPTensor):
-        raise TypeError(f"cp must be a cptensor.CPTensor, got {type(cp).__name__}")
+        raise CPTensorTypeError(f"cp must be a cptensor.CPTensor, got {type(cp).__name__}")
     rank = cp.rank
     if rank < 2:
         return 1.0
@@ -303,6 +306,6 @@ def explained_variance(x: Any, cp: CPTensor, *, mask: Array | None = None) -> Ex
         comp_sq = w64**2 * col_sq
         res_sq = scalar(xp.sum(res * res))
     if x_sq == 0:
-        raise ValueError("x is zero (on its observed entries): explained variance is undefined")
+        raise CPTensorError("x is zero (on its observed entries): explained variance is undefined")
     per = (2.0 * inner_r - comp_sq) / x_sq
     return ExplainedVariance(total=1.0 - res_sq / x_sq, per_component=np.asarray(per))

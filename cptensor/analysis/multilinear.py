@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from .._backend import Array, is_array, namespace, shape_tuple, to_numpy
+from ..errors import CPTensorError, CPTensorTypeError
 from ..operator import is_operator
 from ..products import unfold
 
@@ -25,9 +26,9 @@ def _check_rtol(rtol: Any) -> float | None:
     if rtol is None:
         return None
     if isinstance(rtol, bool) or not isinstance(rtol, (int, float, np.floating)):
-        raise TypeError(f"rtol must be a float or None, got {type(rtol).__name__}")
+        raise CPTensorTypeError(f"rtol must be a float or None, got {type(rtol).__name__}")
     if not 0 <= float(rtol) < 1:
-        raise ValueError(f"rtol must be in [0, 1), got {rtol}")
+        raise CPTensorError(f"rtol must be in [0, 1), got {rtol}")
     return float(rtol)
 
 
@@ -93,7 +94,7 @@ def multilinear_rank(x: Any, *, rtol: float | None = None) -> MultilinearRank:
     if is_operator(x):
         gram = getattr(x, "unfolding_gram", None) or getattr(x, "gram", None)
         if gram is None:
-            raise TypeError(
+            raise CPTensorTypeError(
                 "multilinear_rank needs x.unfolding_gram(mode) or x.gram(mode) for an "
                 f"operator; {type(x).__name__} "
                 "does not provide it"
@@ -105,7 +106,7 @@ def multilinear_rank(x: Any, *, rtol: float | None = None) -> MultilinearRank:
         shape = shape_tuple(x)
         eps = _eps(x.dtype)
     else:
-        raise TypeError(f"x must be an array or a TensorOperator, got {type(x).__name__}")
+        raise CPTensorTypeError(f"x must be an array or a TensorOperator, got {type(x).__name__}")
     total = int(np.prod(shape))
     ranks, spectra, tols = [], [], []
     for n in range(len(shape)):
@@ -177,7 +178,7 @@ def _lowrank_singular_values(u: Array, v: Array, i: int) -> tuple[np.ndarray, fl
     """Singular values of ``U Vᵀ`` from thin QRs of ``U`` and ``V`` (no m×n matrix)."""
     namespace(u, v, names=[f"matrices[{i}][0]", f"matrices[{i}][1]"])
     if u.ndim != 2 or v.ndim != 2 or int(u.shape[1]) != int(v.shape[1]):
-        raise ValueError(
+        raise CPTensorError(
             f"matrices[{i}] is a pair (U, V) with shapes {shape_tuple(u)} and "
             f"{shape_tuple(v)}; expected (m, s) and (n, s) so that U Vᵀ is m × n"
         )
@@ -225,33 +226,35 @@ def matrix_rank_profile(matrices: Any, *, rtol: float | None = None) -> RankProf
     rtol = _check_rtol(rtol)
     if is_array(matrices):
         if matrices.ndim != 3:
-            raise ValueError(
+            raise CPTensorError(
                 f"matrices as one array must be 3-D (k, m, n), got shape {shape_tuple(matrices)}"
             )
         items: Sequence[Any] = [matrices[i] for i in range(int(matrices.shape[0]))]
     elif isinstance(matrices, Sequence) and not isinstance(matrices, str):
         items = list(matrices)
     else:
-        raise TypeError(
+        raise CPTensorTypeError(
             "matrices must be a 3-D array, or a sequence of 2-D arrays or (U, V) pairs, "
             f"got {type(matrices).__name__}"
         )
     if not items:
-        raise ValueError("matrices must hold at least one matrix")
+        raise CPTensorError("matrices must hold at least one matrix")
     nums, stables, effs, spectra = [], [], [], []
     for i, m in enumerate(items):
         if isinstance(m, (tuple, list)):
             if len(m) != 2:
-                raise ValueError(f"matrices[{i}] is a sequence of length {len(m)}, expected (U, V)")
+                raise CPTensorError(
+                    f"matrices[{i}] is a sequence of length {len(m)}, expected (U, V)"
+                )
             s, eps, big = _lowrank_singular_values(m[0], m[1], i)
         elif is_array(m):
             if m.ndim != 2:
-                raise ValueError(f"matrices[{i}] must be 2-D, got shape {shape_tuple(m)}")
+                raise CPTensorError(f"matrices[{i}] must be 2-D, got shape {shape_tuple(m)}")
             eps = _eps(m.dtype)
             big = max(shape_tuple(m))
             s = np.linalg.svd(to_numpy(m).astype(np.float64), compute_uv=False)
         else:
-            raise TypeError(
+            raise CPTensorTypeError(
                 f"matrices[{i}] must be a 2-D array or a (U, V) pair, got {type(m).__name__}"
             )
         tol = rtol if rtol is not None else big * eps

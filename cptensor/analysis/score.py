@@ -17,6 +17,7 @@ import numpy as np
 
 from .._backend import to_numpy
 from ..cp import CPTensor
+from ..errors import CPTensorError, CPTensorTypeError
 
 __all__ = ["Score", "congruence", "congruence_matrix", "score"]
 
@@ -74,11 +75,11 @@ def _normalized_numpy(cp: CPTensor) -> tuple[np.ndarray, list[np.ndarray]]:
 def _check_pair(a: Any, b: Any) -> None:
     for name, c in (("a", a), ("b", b)):
         if not isinstance(c, CPTensor):
-            raise TypeError(f"{name} must be a cptensor.CPTensor, got {type(c).__name__}")
+            raise CPTensorTypeError(f"{name} must be a cptensor.CPTensor, got {type(c).__name__}")
     if a.shape != b.shape:
-        raise ValueError(f"a has shape {a.shape} but b has shape {b.shape}; they must match")
+        raise CPTensorError(f"a has shape {a.shape} but b has shape {b.shape}; they must match")
     if a.rank < b.rank:
-        raise ValueError(
+        raise CPTensorError(
             f"a has rank {a.rank} but b has rank {b.rank}: a must have at least as many "
             "components as b (swap the arguments)"
         )

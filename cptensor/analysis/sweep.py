@@ -14,6 +14,7 @@ import numpy as np
 
 from .._backend import Array, is_array, namespace, scalar, shape_tuple
 from ..cp import CPTensor
+from ..errors import CPTensorError, CPTensorKeyError, CPTensorTypeError
 from ..operator import is_operator
 from ..products import mttkrp
 from ..reconstruct import reconstruct
@@ -37,19 +38,21 @@ def _check_ranks(ranks: Any) -> list[int]:
     if isinstance(ranks, (int, np.integer)) and not isinstance(ranks, bool):
         ranks = [ranks]
     if isinstance(ranks, (str, bytes)) or not isinstance(ranks, Iterable):
-        raise TypeError(
+        raise CPTensorTypeError(
             f"ranks must be an iterable of positive ints (e.g. range(1, 6)), got "
             f"{type(ranks).__name__}"
         )
     out = []
     for r in ranks:
         if isinstance(r, bool) or not isinstance(r, (int, np.integer)):
-            raise TypeError(f"ranks must hold positive ints, got {r!r} ({type(r).__name__})")
+            raise CPTensorTypeError(
+                f"ranks must hold positive ints, got {r!r} ({type(r).__name__})"
+            )
         if int(r) < 1:
-            raise ValueError(f"ranks must hold positive ints (>= 1), got {int(r)}")
+            raise CPTensorError(f"ranks must hold positive ints (>= 1), got {int(r)}")
         out.append(int(r))
     if not out:
-        raise ValueError("ranks must name at least one rank, got an empty iterable")
+        raise CPTensorError("ranks must name at least one rank, got an empty iterable")
     return sorted(set(out))
 
 
@@ -100,7 +103,7 @@ class RankSweep:
     def best(self, rank: int) -> Any:
         """The best ``CPFit`` of ``rank``."""
         if rank not in self.fits:
-            raise KeyError(f"rank {rank} was not swept; swept ranks: {self.ranks}")
+            raise CPTensorKeyError(f"rank {rank} was not swept; swept ranks: {self.ranks}")
         return self.fits[rank][0]
 
     def recommend(
@@ -356,14 +359,14 @@ def rank_sweep(
 
     rank_list = _check_ranks(ranks)
     if isinstance(n_starts, bool) or not isinstance(n_starts, (int, np.integer)):
-        raise TypeError(f"n_starts must be an int >= 1, got {type(n_starts).__name__}")
+        raise CPTensorTypeError(f"n_starts must be an int >= 1, got {type(n_starts).__name__}")
     if int(n_starts) < 1:
-        raise ValueError(f"n_starts must be >= 1, got {int(n_starts)}")
+        raise CPTensorError(f"n_starts must be >= 1, got {int(n_starts)}")
     n_starts = int(n_starts)
     kwargs = dict(fit_kwargs or {})
     for bad in ("init", "seed", "rank", "progress"):
         if bad in kwargs:
-            raise ValueError(
+            raise CPTensorError(
                 f"fit_kwargs must not contain {bad!r}: rank_sweep chooses it (got "
                 f"fit_kwargs keys {sorted(kwargs)})"
             )
@@ -372,7 +375,7 @@ def rank_sweep(
         shape = tuple(int(s) for s in x.shape)
         mask = None
         if "mask" in kwargs:
-            raise ValueError("fit_kwargs['mask'] is not supported for a TensorOperator x")
+            raise CPTensorError("fit_kwargs['mask'] is not supported for a TensorOperator x")
     elif is_array(x):
         xp = namespace(x)
         shape = shape_tuple(x)
@@ -386,7 +389,7 @@ def rank_sweep(
             x = xp.where(mask, x, xp.zeros_like(x))  # a new array: the input is untouched
             kwargs["mask"] = mask
     else:
-        raise TypeError(
+        raise CPTensorTypeError(
             f"x must be an array (NumPy or torch) or a TensorOperator, got {type(x).__name__}"
         )
     rng = np.random.default_rng(seed)

@@ -21,6 +21,7 @@ from .._backend import (
     validate_mode,
 )
 from ..cp import CPTensor
+from ..errors import CPTensorError, CPTensorTypeError
 from ..operator import is_operator
 
 #: Elements per chunk for streamed reductions (residuals, norms).
@@ -38,35 +39,35 @@ def eps_of(dtype: Any) -> float:
 
 def check_rank(rank: Any, name: str = "rank") -> int:
     if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
-        raise TypeError(
+        raise CPTensorTypeError(
             f"{name} must be a positive int or a CPTensor to start from, "
             f"got {type(rank).__name__} ({rank!r})"
         )
     if int(rank) < 1:
-        raise ValueError(f"{name} must be >= 1, got {int(rank)}")
+        raise CPTensorError(f"{name} must be >= 1, got {int(rank)}")
     return int(rank)
 
 
 def check_int(value: Any, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+        raise CPTensorTypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
     if int(value) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {int(value)}")
+        raise CPTensorError(f"{name} must be >= {minimum}, got {int(value)}")
     return int(value)
 
 
 def check_nonneg_float(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
+        raise CPTensorTypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
     v = float(value)
     if not math.isfinite(v) or v < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        raise CPTensorError(f"{name} must be a finite number >= 0, got {value!r}")
     return v
 
 
 def check_callback(callback: Any) -> Callable[[Any], Any] | None:
     if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
+        raise CPTensorTypeError(f"callback must be callable or None, got {type(callback).__name__}")
     return callback
 
 
@@ -74,12 +75,12 @@ def check_fixed_modes(fixed_modes: Any, ndim: int) -> tuple[int, ...]:
     if isinstance(fixed_modes, (int, np.integer)) and not isinstance(fixed_modes, bool):
         fixed_modes = (fixed_modes,)
     if not isinstance(fixed_modes, Sequence) or isinstance(fixed_modes, str):
-        raise TypeError(
+        raise CPTensorTypeError(
             f"fixed_modes must be a sequence of mode indices, got {type(fixed_modes).__name__}"
         )
     out = sorted({validate_mode(m, ndim, "fixed_modes") for m in fixed_modes})
     if len(out) == ndim:
-        raise ValueError(
+        raise CPTensorError(
             f"fixed_modes={tuple(fixed_modes)!r} names every mode of the {ndim}-way tensor; "
             "at least one mode must be free to fit"
         )
@@ -91,34 +92,34 @@ def check_tensor(x: Any) -> tuple[tuple[int, ...], Any]:
     if is_operator(x):
         shape = tuple(int(s) for s in x.shape)
         if len(shape) < 2:
-            raise ValueError(f"x must have at least 2 modes, got shape {shape}")
+            raise CPTensorError(f"x must have at least 2 modes, got shape {shape}")
         return shape, x.dtype
     if not is_array(x):
-        raise TypeError(
+        raise CPTensorTypeError(
             f"x must be an array (NumPy or torch) or a TensorOperator, got {type(x).__name__}"
         )
     xp = namespace(x, names=["x"])
     if not is_floating(x) or x.dtype not in (xp.float32, xp.float64):
-        raise TypeError(
+        raise CPTensorTypeError(
             f"x must have a floating dtype float32 or float64, got {x.dtype} (fits need "
             "float32 precision at least: convert half-precision data with .float())"
         )
     if x.ndim < 2:
-        raise ValueError(f"x must have at least 2 modes, got shape {shape_tuple(x)}")
+        raise CPTensorError(f"x must have at least 2 modes, got shape {shape_tuple(x)}")
     if any(s == 0 for s in shape_tuple(x)):
-        raise ValueError(f"x must not be empty, got shape {shape_tuple(x)}")
+        raise CPTensorError(f"x must not be empty, got shape {shape_tuple(x)}")
     return shape_tuple(x), x.dtype
 
 
 def check_start(start: CPTensor, shape: tuple[int, ...], x: Any, name: str) -> None:
     if start.shape != shape:
-        raise ValueError(f"{name} has shape {start.shape} but x has shape {shape}")
+        raise CPTensorError(f"{name} has shape {start.shape} but x has shape {shape}")
     xp = start.xp
     if not all(bool(xp.all(xp.isfinite(a))) for a in (start.weights, *start.factors)):
-        raise ValueError(f"{name}: the start holds NaN or infinite values")
+        raise CPTensorError(f"{name}: the start holds NaN or infinite values")
     if is_operator(x):
         if start.dtype != x.dtype:
-            raise TypeError(f"{name} has dtype {start.dtype} but x has dtype {x.dtype}")
+            raise CPTensorTypeError(f"{name} has dtype {start.dtype} but x has dtype {x.dtype}")
         return
     namespace(x, start.factors[0], names=["x", name])
     check_same_device_dtype([x, start.factors[0]], ["x", f"{name}.factors[0]"])
@@ -140,17 +141,17 @@ def resolve_start(
     rank = check_rank(rank)
     entries = math.prod(shape)
     if rank > max(entries, _MAX_OVERCOMPLETE_RANK):
-        raise ValueError(
+        raise CPTensorError(
             f"rank={rank} exceeds the {entries} entries of a tensor of shape {shape} (its CP "
             f"rank is at most {entries // max(shape)}); refused before allocating factors"
         )
     if isinstance(init, CPTensor):
         check_start(init, shape, x, "init")
         if init.rank != rank:
-            raise ValueError(f"init has rank {init.rank} but rank={rank}")
+            raise CPTensorError(f"init has rank {init.rank} but rank={rank}")
         return init, rank
     if not isinstance(init, str) or init not in inits:
-        raise ValueError(f"init must be one of {tuple(inits)} or a CPTensor, got {init!r}")
+        raise CPTensorError(f"init must be one of {tuple(inits)} or a CPTensor, got {init!r}")
     return None, rank
 
 
@@ -171,29 +172,31 @@ def prepare_mask(x: Array, mask: Any) -> Array | None:
             )
             mask = ~nan
         else:
-            raise ValueError("x has infinite values; replace them or mask them out (mask=)")
+            raise CPTensorError("x has infinite values; replace them or mask them out (mask=)")
     else:
         if not is_array(mask):
-            raise TypeError(
+            raise CPTensorTypeError(
                 f"mask must be a boolean array like x (True = observed), got {type(mask).__name__}"
             )
         namespace(x, mask, names=["x", "mask"])
         if shape_tuple(mask) != shape_tuple(x):
-            raise ValueError(
+            raise CPTensorError(
                 f"mask has shape {shape_tuple(mask)}, expected the shape of x {shape_tuple(x)}"
             )
         if mask.dtype != xp.bool:
-            raise TypeError(f"mask must have a boolean dtype (True = observed), got {mask.dtype}")
+            raise CPTensorTypeError(
+                f"mask must have a boolean dtype (True = observed), got {mask.dtype}"
+            )
         if device(mask) != device(x):
-            raise ValueError(
+            raise CPTensorError(
                 f"mask is on device {device(mask)!r} but x is on {device(x)!r}; "
                 "move them to one device first"
             )
     n_obs = int(xp.sum(xp.astype(mask, xp.int64)))
     if n_obs == 0:
-        raise ValueError("mask marks no entry as observed (all data masked): nothing to fit")
+        raise CPTensorError("mask marks no entry as observed (all data masked): nothing to fit")
     if bool(xp.any(mask & ~xp.isfinite(x))):
-        raise ValueError(
+        raise CPTensorError(
             "x has non-finite values (NaN or inf) at observed entries (where mask is True)"
         )
     if n_obs == math.prod(shape_tuple(x)):

@@ -32,6 +32,7 @@ from .. import init as _init
 from .._backend import Array, contiguous, float64_of, is_torch, namespace, scalar
 from ..algebra import arrange, fix_signs
 from ..cp import CPTensor
+from ..errors import CPTensorError, CPTensorTypeError
 from ..operator import is_operator
 from ..products import _best_split, _contract_rank_last, _khatri_rao_t
 from ._common import (
@@ -306,7 +307,7 @@ def fit_als(
     ndim = len(shape)
     start, R = resolve_start(x, shape, rank, init, _INITS)
     if isinstance(rank, CPTensor) and isinstance(init, CPTensor):
-        raise ValueError("give the start either as rank= or as init=, not both")
+        raise CPTensorError("give the start either as rank= or as init=, not both")
     max_iter = check_int(max_iter, "max_iter", 0)
     tol = check_nonneg_float(tol, "tol")
     ridge = check_nonneg_float(ridge, "ridge")
@@ -314,12 +315,12 @@ def fit_als(
     callback = check_callback(callback)
     for flag, name in ((nonnegative, "nonnegative"), (line_search, "line_search")):
         if not isinstance(flag, (bool, np.bool_)):
-            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+            raise CPTensorTypeError(f"{name} must be a bool, got {type(flag).__name__}")
     info: dict[str, Any] = {}
 
     if op:
         if mask is not None:
-            raise TypeError(
+            raise CPTensorTypeError(
                 f"mask is not supported when x is a TensorOperator ({type(x).__name__}); "
                 "densify it (x.to_dense()) to fit with missing data"
             )

@@ -14,6 +14,7 @@ from .. import init as _init
 from .._backend import Array, is_array, is_numpy, is_torch, namespace, shape_tuple
 from ..algebra import arrange, fix_signs
 from ..cp import CPTensor
+from ..errors import CPTensorError, CPTensorTypeError
 from ..operator import is_operator
 from ..reconstruct import reconstruct
 from ._common import (
@@ -136,36 +137,38 @@ def fit_gradient(
     """
     t0 = time.perf_counter()
     if is_operator(x):
-        raise TypeError(
+        raise CPTensorTypeError(
             f"fit_gradient needs a dense array, got the operator {type(x).__name__}; "
             "use fit_als for operators or pass x.to_dense()"
         )
     shape, _ = check_tensor(x)
     start, rank = resolve_start(x, shape, rank, init, _INITS)
     if loss not in _LOSSES:
-        raise ValueError(f"loss must be one of {_LOSSES}, got {loss!r}")
+        raise CPTensorError(f"loss must be one of {_LOSSES}, got {loss!r}")
     if optimizer not in _OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got {optimizer!r}")
+        raise CPTensorError(f"optimizer must be one of {_OPTIMIZERS}, got {optimizer!r}")
     max_iter = check_int(max_iter, "max_iter", 1)
     tol = check_nonneg_float(tol, "tol")
     if lr is None:
         lr = 1.0 if optimizer == "lbfgs" else 0.01
     lr = check_nonneg_float(lr, "lr")
     if lr == 0:
-        raise ValueError("lr must be > 0")
+        raise CPTensorError("lr must be > 0")
     callback = check_callback(callback)
     torch = _torch()
 
     masked = prepare_mask(x, mask)
     if weights is not None:
         if not is_array(weights):
-            raise TypeError(f"weights must be an array like x, got {type(weights).__name__}")
+            raise CPTensorTypeError(
+                f"weights must be an array like x, got {type(weights).__name__}"
+            )
         namespace(x, weights, names=["x", "weights"])
         if shape_tuple(weights) != shape:
-            raise ValueError(f"weights has shape {shape_tuple(weights)}, expected {shape}")
+            raise CPTensorError(f"weights has shape {shape_tuple(weights)}, expected {shape}")
         wxp = namespace(weights)
         if not bool(wxp.all(wxp.isfinite(weights))) or bool(wxp.any(weights < 0)):
-            raise ValueError("weights must be finite and >= 0")
+            raise CPTensorError("weights must be finite and >= 0")
 
     xp0 = namespace(x)
     s = magnitude_scale(xp0, x if masked is None else xp0.where(masked, x, xp0.zeros_like(x)))

@@ -26,6 +26,7 @@ REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "reference"
 
 MODULES = [
     "cptensor",
+    "cptensor.errors",
     "cptensor.datasets",
     "cptensor.testing",
     "cptensor.fit",

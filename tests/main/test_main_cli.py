@@ -323,3 +323,18 @@ def test_a_closed_pipe_is_not_an_error(planted, monkeypatch, capsys):
             pass
     assert status == 141
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_bug_keeps_its_traceback(planted, monkeypatch):
+    """Only the library's own error type (and file errors) become one-line messages; a plain
+    ValueError or KeyError from a bug propagates (it used to exit 2 without a traceback)."""
+    import cptensor_adapters.cli as cli
+
+    for exc in (ValueError("a bug"), KeyError("bug"), IndexError("bug")):
+
+        def broken(args, exc=exc):
+            raise exc
+
+        monkeypatch.setattr(cli, "_cmd_fit", broken)
+        with pytest.raises(type(exc)):
+            main(["fit", str(planted), "--rank", "1"])
