@@ -528,7 +528,7 @@ def run(
 
     def save(done: bool) -> None:
         if out is not None:
-            from cptensor_adapters._files import atomic_write_text
+            from cptensor.files import atomic_write_text
 
             Path(out).parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out, json.dumps(result_doc(done), indent=1))
@@ -841,7 +841,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.export:
         if len(a.export) < 2:
             p.error("--export needs OUT.json and at least one RESULTS.json")
-        from cptensor_adapters._files import atomic_write_text
+        from cptensor.files import atomic_write_text
 
         docs = [json.loads(Path(f).read_text()) for f in a.export[1:]]
         atomic_write_text(a.export[0], json.dumps(export(docs), indent=1) + "\n")

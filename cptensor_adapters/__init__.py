@@ -22,41 +22,108 @@ Example:
     '4·(32 + 8 + 4 + 2 + 4) = 200'
 """
 
-from cptensor.errors import CPTensorError
+# The package is imported lazily (PEP 562): ``cptensor_adapters.cli`` and the CP commands
+# run without torch, which only the adapter modules need. Static tools (type checkers,
+# the docs' griffe) read the imports below.
+from typing import TYPE_CHECKING, Any
 
-from .config import INITS, AdapterConfig
-from .deltas import (
-    DeltaReport,
-    analyze_delta,
-    extract_adapter_delta,
-    extract_delta,
-    extract_lora_delta,
-)
-from .gradient_init import gradient_init
-from .grid import ATTENTION_ROLES, Target, WeightGrid
-from .io import load_adapter, save_adapter
-from .layout import AXES, LAYOUTS, GroupPlan, Layout, plan_groups
-from .model import (
-    ParameterReport,
-    active_adapters,
-    adapter_groups,
-    adapter_names,
-    as_cp,
-    attach,
-    delta_weights,
-    disabled,
-    get_config,
-    merge,
-    merge_and_unload,
-    merged_adapters,
-    parameter_report,
-    remove_adapter,
-    set_active,
-    unmerge,
-)
-from .modules import CPAdapterLayer, FactorStore, ModulesToSaveWrapper
-from .optim import CPPreconditioner, create_optimizer, factor_param_groups
-from .peft_export import save_as_peft_lora
+if TYPE_CHECKING:
+    from cptensor.errors import CPTensorError
+
+    from .config import INITS, AdapterConfig
+    from .deltas import (
+        DeltaReport,
+        analyze_delta,
+        extract_adapter_delta,
+        extract_delta,
+        extract_lora_delta,
+    )
+    from .gradient_init import gradient_init
+    from .grid import ATTENTION_ROLES, Target, WeightGrid
+    from .io import load_adapter, save_adapter
+    from .layout import AXES, LAYOUTS, GroupPlan, Layout, plan_groups
+    from .model import (
+        ParameterReport,
+        active_adapters,
+        adapter_groups,
+        adapter_names,
+        as_cp,
+        attach,
+        delta_weights,
+        disabled,
+        get_config,
+        merge,
+        merge_and_unload,
+        merged_adapters,
+        parameter_report,
+        remove_adapter,
+        set_active,
+        unmerge,
+    )
+    from .modules import CPAdapterLayer, FactorStore, ModulesToSaveWrapper
+    from .optim import CPPreconditioner, create_optimizer, factor_param_groups
+    from .peft_export import save_as_peft_lora
+
+_LAZY: dict[str, str] = {
+    "ATTENTION_ROLES": ".grid",
+    "AXES": ".layout",
+    "AdapterConfig": ".config",
+    "CPAdapterLayer": ".modules",
+    "CPPreconditioner": ".optim",
+    "CPTensorError": "cptensor.errors",
+    "DeltaReport": ".deltas",
+    "FactorStore": ".modules",
+    "GroupPlan": ".layout",
+    "INITS": ".config",
+    "LAYOUTS": ".layout",
+    "Layout": ".layout",
+    "ModulesToSaveWrapper": ".modules",
+    "ParameterReport": ".model",
+    "Target": ".grid",
+    "WeightGrid": ".grid",
+    "active_adapters": ".model",
+    "adapter_groups": ".model",
+    "adapter_names": ".model",
+    "analyze_delta": ".deltas",
+    "as_cp": ".model",
+    "attach": ".model",
+    "create_optimizer": ".optim",
+    "delta_weights": ".model",
+    "disabled": ".model",
+    "extract_adapter_delta": ".deltas",
+    "extract_delta": ".deltas",
+    "extract_lora_delta": ".deltas",
+    "factor_param_groups": ".optim",
+    "get_config": ".model",
+    "gradient_init": ".gradient_init",
+    "load_adapter": ".io",
+    "merge": ".model",
+    "merge_and_unload": ".model",
+    "merged_adapters": ".model",
+    "parameter_report": ".model",
+    "plan_groups": ".layout",
+    "remove_adapter": ".model",
+    "save_adapter": ".io",
+    "save_as_peft_lora": ".peft_export",
+    "set_active": ".model",
+    "unmerge": ".model",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cptensor_adapters' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "ATTENTION_ROLES",

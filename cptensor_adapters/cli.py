@@ -21,318 +21,32 @@ traceback) on bad input.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import sys
-import warnings
-import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from cptensor.errors import CPTensorError
-
-from .deltas import _clean
+from cptensor.cli import (
+    PROG,
+    CLIError,
+    add_cp_commands,
+    check_out,
+    check_rank_range,
+    common_options,
+    emit,
+    fit_options,
+    parse_ranks,
+    print_json,
+    run,
+    say_for,
+    show_progress,
+    sweep_options,
+)
 
 __all__ = ["main", "parse_ranks"]
 
-PROG = "cptensor"
-
-
-class CLIError(CPTensorError):
-    """Bad input: reported as one line, exit status 2."""
-
-
-#: Most ranks one ``--ranks`` may name (checked before the list is built).
-MAX_RANKS = 1024
-
-
-def parse_ranks(text: str) -> list[int]:
-    """Parse ``"1-8"``, ``"1,2,4"``, ``"2-4,8"`` or ``"3"`` into sorted positive ranks.
-
-    Examples
-    --------
-    >>> parse_ranks("1-3,8")
-    [1, 2, 3, 8]
-    """
-    out: set[int] = set()
-    for part in str(text).split(","):
-        part = part.strip()
-        try:
-            if "-" in part:
-                lo_s, hi_s = part.split("-", 1)
-                lo, hi = int(lo_s), int(hi_s)
-                if lo > hi:
-                    raise CLIError(f"rank range {part!r} is empty (start > end)")
-                if hi - lo + 1 + len(out) > MAX_RANKS:
-                    raise CLIError(
-                        f"ranks {text!r} name more than {MAX_RANKS} ranks; a sweep takes a few "
-                        "(each rank is a set of fits)"
-                    )
-                out.update(range(lo, hi + 1))
-            else:
-                out.add(int(part))
-        except CLIError:
-            raise
-        except ValueError:
-            raise CLIError(f"ranks must look like 1-8 or 1,2,4; got {text!r}") from None
-    if not out or min(out) < 1:
-        raise CLIError(f"ranks must be positive integers; got {text!r}")
-    return sorted(out)
-
-
-def _load_tensor(path: str) -> np.ndarray:
-    p = Path(path)
-    if not p.exists():
-        raise CLIError(f"{path}: no such file")
-    if p.is_dir():
-        raise CLIError(f"{path}: is a directory, expected a .npy file holding a tensor")
-    if not p.is_file():
-        raise CLIError(f"{path}: not a regular file, expected a .npy file holding a tensor")
-    with open(p, "rb") as fh:
-        magic = fh.read(6)
-    if magic != b"\x93NUMPY" and not magic.startswith(b"PK\x03\x04"):
-        raise CLIError(f"{path}: not a tensor (expected a .npy file written by numpy.save)")
-    if magic == b"\x93NUMPY":
-        _check_npy_header(p)
-    try:
-        obj = np.load(p, allow_pickle=False)
-        if isinstance(obj, np.lib.npyio.NpzFile):
-            obj = {name: _npz_member(p, obj, name) for name in obj.files}
-    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-        raise CLIError(
-            f"{path}: not a tensor (expected a .npy file written by numpy.save; "
-            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
-        ) from None
-    if isinstance(obj, dict):
-        names = list(obj)
-        if len(names) != 1:
-            raise CLIError(
-                f"{path}: an .npz archive with {len(names)} arrays {names}; "
-                "expected a .npy file (or an .npz with exactly one array)"
-            )
-        obj = obj[names[0]]
-    x = np.asarray(obj)
-    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
-        raise CLIError(f"{path}: not a real numeric tensor (dtype {x.dtype})")
-    if x.ndim < 2:
-        raise CLIError(f"{path}: has shape {x.shape}; expected a tensor with at least 2 modes")
-    if x.size == 0:
-        raise CLIError(f"{path}: is empty (shape {x.shape})")
-    if not np.issubdtype(x.dtype, np.floating):
-        x = x.astype(np.float64)
-    return x
-
-
-def _npy_header(fh: Any) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype from a ``.npy`` header (format versions 1.0 and 2.0)."""
-    fmt = np.lib.format
-    version = fmt.read_magic(fh)
-    if version == (1, 0):
-        shape, _, dtype = fmt.read_array_header_1_0(fh)
-    elif version == (2, 0):
-        shape, _, dtype = fmt.read_array_header_2_0(fh)
-    else:
-        raise CPTensorError(f".npy format version {version} is not supported (1.0, 2.0)")
-    return shape, dtype
-
-
-def _check_npy_header(p: Path) -> None:
-    """The shape and dtype a ``.npy`` header declares must fit in the file: a crafted header
-    declaring (1e5)³ elements would otherwise make NumPy allocate before reading."""
-    size = p.stat().st_size
-    try:
-        with open(p, "rb") as fh:
-            shape, dtype = _npy_header(fh)
-            start = fh.tell()
-    except (ValueError, OSError, EOFError, SyntaxError) as exc:
-        raise CLIError(f"{p}: not a .npy file ({str(exc).splitlines()[0]})") from None
-    need = math.prod(shape) * dtype.itemsize
-    if need > size - start:
-        raise CLIError(
-            f"{p}: the header declares shape {shape} of {dtype} ({need:,} bytes) but the file "
-            f"holds {size - start:,} bytes of data"
-        )
-
-
-def _npz_member(p: Path, archive: Any, name: str) -> Any:
-    """One array of an ``.npz`` archive, its declared size checked against the archive's."""
-    info = archive.zip.getinfo(name if name.endswith(".npy") else name + ".npy")
-    with archive.zip.open(info) as fh:
-        shape, dtype = _npy_header(fh)
-    if math.prod(shape) * dtype.itemsize > info.file_size:
-        raise CLIError(
-            f"{p}: member {name!r} declares shape {shape} of {dtype}, more than its "
-            f"{info.file_size:,} bytes"
-        )
-    return archive[name]
-
-
-def _max_rank(shape: Sequence[int]) -> int:
-    """The largest rank any tensor of this shape can have: ∏ sizes / max size."""
-    return math.prod(shape) // max(shape)
-
-
-def _check_rank_range(ranks: Sequence[int], shape: Sequence[int]) -> None:
-    top = _max_rank(shape)
-    bad = [r for r in ranks if r > top]
-    if bad:
-        raise CLIError(
-            f"rank {bad[0]} is out of range for a tensor of shape {tuple(shape)}: "
-            f"no tensor of that shape has rank above {top}"
-        )
-
-
-def _print_json(payload: Any) -> None:
-    """``payload`` as JSON on stdout (NumPy scalars as numbers, NaN and inf as null)."""
-    print(json.dumps(_clean(payload), indent=2))
-
-
-def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
-    if args.json:
-        _print_json(payload)
-    elif not args.quiet:
-        print(text)
-
-
-def _progress(args: argparse.Namespace) -> bool:
-    """Whether to show progress (bars, stage lines): neither ``--json`` nor ``--quiet``."""
-    return not args.json and not args.quiet
-
-
-def _say(args: argparse.Namespace) -> Callable[[str], None]:
-    def say(line: str) -> None:
-        if _progress(args):
-            print(line, file=sys.stderr, flush=True)
-
-    return say
-
 
 # -- subcommands ------------------------------------------------------------------------
-def _check_out(out: str | None, kind: str) -> None:
-    """Refuse, before any work, an output that cannot be written: a directory where a file
-    is wanted or the other way round, or a parent that is a file."""
-    if out is None:
-        return
-    p = Path(out)
-    if kind == "dir" and p.exists() and not p.is_dir():
-        raise CLIError(f"--out {out}: exists and is not a directory")
-    if kind == "file" and p.is_dir():
-        raise CLIError(f"--out {out}: is a directory; expected a file name such as cp.npz")
-    for parent in p.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise CLIError(f"--out {out}: {parent} is not a directory")
-            if not os.access(parent, os.W_OK):
-                raise CLIError(f"--out {out}: {parent} is not writable")
-            break
-
-
-def _cmd_fit(args: argparse.Namespace) -> int:
-    from cptensor.fit import fit_als
-
-    _check_out(args.out, "file")
-    x = _load_tensor(args.tensor)
-    if args.rank < 1:
-        raise CLIError(f"--rank must be a positive integer; got {args.rank}")
-    _check_rank_range([args.rank], x.shape)
-    res = fit_als(
-        x,
-        args.rank,
-        init=args.init,
-        seed=args.seed,
-        max_iter=args.max_iter,
-        tol=args.tol,
-        progress=_progress(args),
-    )
-    payload = {
-        "tensor": args.tensor,
-        "shape": list(x.shape),
-        "rank": args.rank,
-        "fit": res.fit,
-        "rel_error": res.rel_error,
-        "n_iter": res.n_iter,
-        "converged": res.converged,
-        "stop_reason": res.stop_reason,
-        "seconds": res.seconds,
-        "weights": np.asarray(res.cp.weights).tolist(),
-    }
-    if args.out:
-        from ._files import atomic_savez
-
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {f"factor_{n}": np.asarray(f) for n, f in enumerate(res.cp.factors)}
-        out = atomic_savez(
-            out,
-            weights=np.asarray(res.cp.weights),
-            **arrays,
-            fit=np.float64(res.fit),
-            rel_error=np.float64(res.rel_error),
-        )
-        payload["out"] = str(out)
-    text = (
-        f"rank-{args.rank} CP of a {x.shape} tensor: fit {res.fit:.6f} (relative error "
-        f"{res.rel_error:.3e}), {res.n_iter} iterations, {res.seconds:.2f} s; "
-        f"{res.stop_reason}"
-        + (f"\nwrote {payload['out']} (weights, factor_0..factor_{x.ndim - 1})" if args.out else "")
-    )
-    _emit(args, payload, text)
-    return 0
-
-
-def _cmd_sweep(args: argparse.Namespace) -> int:
-    from cptensor.analysis import rank_sweep
-
-    ranks = parse_ranks(args.ranks)
-    _check_out(args.out, "dir")
-    x = _load_tensor(args.tensor)
-    _check_rank_range(ranks, x.shape)
-    if args.starts < 1:
-        raise CLIError(f"--starts must be a positive integer; got {args.starts}")
-    sw = rank_sweep(
-        x,
-        ranks,
-        n_starts=args.starts,
-        seed=args.seed,
-        fit_kwargs={"max_iter": args.max_iter, "tol": args.tol},
-        progress=_progress(args),
-    )
-    payload = json.loads(sw.to_json())
-    payload["tensor"] = args.tensor
-    if args.out:
-        from ._files import replaced_directory
-
-        out = Path(args.out)
-        fig = sw.plot()
-        with replaced_directory(out) as tmp:  # sweep.json and sweep.png of one run, always
-            (tmp / "sweep.json").write_text(sw.to_json(indent=2))
-            fig.savefig(tmp / "sweep.png", dpi=110)
-        payload["out"] = str(out)
-    cols = ["rank", "best_fit", "fit_spread", "core_consistency", "stability", "degeneracy"]
-    lines = [
-        f"rank sweep of a {x.shape} tensor ({args.starts} start(s) per rank)",
-        "  ".join(f"{c:>16s}" for c in cols),
-    ]
-    for row in sw.rows:
-        lines.append(
-            "  ".join(
-                f"{row[c]:>16d}" if isinstance(row[c], int) else f"{row[c]:>16.4f}" for c in cols
-            )
-        )
-    lines.append(
-        f"recommended rank: {sw.recommended_rank} (largest rank with core "
-        "consistency >= 80%, stability >= 0.9, degeneracy >= -0.85 at it and below)"
-    )
-    if args.out:
-        lines.append(f"wrote {args.out}/sweep.json and sweep.png")
-    _emit(args, payload, "\n".join(lines))
-    return 0
-
-
 def _report_summary(rep: Any, out: Path) -> str:
     lines = [f"delta of shape {rep.shape} (d, d_h, H, L, M), norm {rep.norm:.4g}"]
     lines += [f"  {n}" for n in rep.notes]
@@ -351,19 +65,19 @@ def _analyze_and_report(args: argparse.Namespace, delta: Any, ranks: list[int], 
     """The end of ``analyze`` and ``analyze-adapter``: sweep, save the report, print it."""
     from .deltas import analyze_delta
 
-    _check_rank_range(ranks, delta.shape)
+    check_rank_range(ranks, delta.shape)
     rep = analyze_delta(
         delta,
         ranks,
         n_starts=args.starts,
         seed=args.seed,
         max_iter=args.max_iter,
-        progress=_progress(args),
+        progress=show_progress(args),
         title=title,
-        callback=_say(args),
+        callback=say_for(args),
     )
     out = rep.save(args.out)
-    _emit(args, rep.to_dict() | {"out": str(out)}, _report_summary(rep, out))
+    emit(args, rep.to_dict() | {"out": str(out)}, _report_summary(rep, out))
     return 0
 
 
@@ -371,13 +85,13 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from .deltas import extract_delta
 
     ranks = parse_ranks(args.ranks)
-    _check_out(args.out, "dir")
+    check_out(args.out, "dir")
     if args.heads is not None and args.heads < 1:
         raise CLIError(f"--heads must be a positive integer; got {args.heads}")
     for p in (args.base, args.tuned):
         if not Path(p).exists():
             raise CLIError(f"{p}: no such file or directory")
-    say = _say(args)
+    say = say_for(args)
     say(f"reading the attention weights of {args.base} and {args.tuned} (memory-mapped)")
     delta = extract_delta(args.base, args.tuned, grid=args.heads)
     return _analyze_and_report(args, delta, ranks, "fine-tuned delta")
@@ -399,10 +113,10 @@ def _cmd_analyze_adapter(args: argparse.Namespace) -> int:
     from .deltas import extract_adapter_delta
 
     ranks = parse_ranks(args.ranks)
-    _check_out(args.out, "dir")
+    check_out(args.out, "dir")
     if not Path(args.adapter_dir).exists():
         raise CLIError(f"{args.adapter_dir}: no such directory")
-    say = _say(args)
+    say = say_for(args)
     say(f"reading the adapter in {args.adapter_dir} (format from adapter_config.json)")
     delta = extract_adapter_delta(args.adapter_dir, args.base_config)
     return _analyze_and_report(args, delta, ranks, _adapter_title(delta.config))
@@ -423,52 +137,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     if args.json:
-        _print_json(result)
+        print_json(result)
     return 0
 
 
 # -- parser -----------------------------------------------------------------------------
 # Options that several subcommands share are declared once, by the functions below; each
 # subcommand calls them where its options should stand in its --help.
-def _common(p: argparse.ArgumentParser) -> None:
-    """``--json``, ``--quiet`` and ``--seed`` (every subcommand, last)."""
-    p.add_argument(
-        "--json", action="store_true", help="print the result as JSON on stdout (no progress bars)"
-    )
-    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    p.add_argument(
-        "--seed", type=int, default=0, help="seed of the random starts (default %(default)s)"
-    )
-
-
-def _tensor_argument(p: argparse.ArgumentParser) -> None:
-    """The positional ``TENSOR.npy`` (``fit``, ``sweep``)."""
-    p.add_argument("tensor", metavar="TENSOR.npy", help="the tensor (numpy.save format)")
-
-
-def _sweep_options(p: argparse.ArgumentParser, *, ranks_help: str, starts: int) -> None:
-    """``--ranks`` and ``--starts`` (``sweep``, ``analyze``, ``analyze-adapter``)."""
-    p.add_argument("--ranks", default="1-8", metavar="RANKS", help=ranks_help)
-    p.add_argument("--starts", type=int, default=starts, help="fits per rank (default %(default)s)")
-
-
-def _fit_options(p: argparse.ArgumentParser, max_iter: int, tol: float | None = None) -> None:
-    """``--max-iter`` and, when ``tol`` is given, ``--tol``."""
-    p.add_argument(
-        "--max-iter",
-        type=int,
-        default=max_iter,
-        help="ALS iterations per fit at most (default %(default)s)",
-    )
-    if tol is not None:
-        p.add_argument(
-            "--tol",
-            type=float,
-            default=tol,
-            help="stop when the fit changes by less than this (default %(default)s)",
-        )
-
-
 def _analysis_options(p: argparse.ArgumentParser) -> None:
     """The options of ``analyze`` and ``analyze-adapter`` after their positionals."""
     p.add_argument(
@@ -477,13 +152,13 @@ def _analysis_options(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="directory for report.md, report.json and the PNG figures",
     )
-    _sweep_options(
+    sweep_options(
         p,
         ranks_help="CP ranks to sweep, e.g. 1-8 or 1,2,4,8,16 (default %(default)s)",
         starts=2,
     )
-    _fit_options(p, 100)
-    _common(p)
+    fit_options(p, 100)
+    common_options(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -496,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         "'cptensor demo' runs the whole pipeline on the bundled MiniLM and VADER data.",
     )
     sub = p.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+    add_cp_commands(sub)
 
     a = sub.add_parser(
         "analyze",
@@ -544,53 +220,6 @@ def build_parser() -> argparse.ArgumentParser:
     _analysis_options(aa)
     aa.set_defaults(func=_cmd_analyze_adapter)
 
-    f = sub.add_parser(
-        "fit",
-        help="fit one CP model to a tensor in a .npy file",
-        description="Fit a rank-R CP model by alternating least squares "
-        "(cptensor.fit.fit_als) and report its fit; NaN entries "
-        "are treated as missing.",
-    )
-    _tensor_argument(f)
-    f.add_argument("--rank", type=int, required=True, metavar="R", help="CP rank (>= 1)")
-    f.add_argument(
-        "--out",
-        default=None,
-        metavar="CP.npz",
-        help="write the weights and factors (factor_0, factor_1, ...) to this .npz",
-    )
-    f.add_argument(
-        "--init",
-        choices=["svd", "random"],
-        default="svd",
-        help="initialisation (default %(default)s)",
-    )
-    _fit_options(f, 500, 1e-8)
-    _common(f)
-    f.set_defaults(func=_cmd_fit)
-
-    s = sub.add_parser(
-        "sweep",
-        help="rank sweep of a tensor in a .npy file",
-        description="Fit every rank of a range from several starts "
-        "(cptensor.analysis.rank_sweep) and report fit, spread, "
-        "core consistency, stability, degeneracy and a "
-        "recommended rank.",
-    )
-    _tensor_argument(s)
-    _sweep_options(
-        s, ranks_help="ranks to sweep, e.g. 1-8 or 1,2,4 (default %(default)s)", starts=5
-    )
-    s.add_argument(
-        "--out",
-        default=None,
-        metavar="DIR",
-        help="also write sweep.json and the plot sweep.png to this directory",
-    )
-    _fit_options(s, 500, 1e-8)
-    _common(s)
-    s.set_defaults(func=_cmd_sweep)
-
     d = sub.add_parser(
         "demo",
         help="fine-tune MiniLM with LoRA and LoRTA, then analyse the delta",
@@ -615,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="tiny step counts: checks the pipeline end to end in well under a minute",
     )
-    _common(d)
+    common_options(d)
     d.set_defaults(func=_cmd_demo)
     return p
 
@@ -647,35 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     >>> status, round(json.loads(buf.getvalue())["fit"], 6)
     (0, 1.0)
     """
-    parser = build_parser()
-    try:
-        args = parser.parse_args(list(argv) if argv is not None else None)
-    except SystemExit as exc:  # --help (0) or a usage error (2), already printed
-        return int(exc.code or 0)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        with warnings.catch_warnings():
-            if args.json or args.quiet:
-                warnings.simplefilter("ignore")
-            status = int(args.func(args))
-            sys.stdout.flush()  # a closed pipe shows here, inside the handler below
-            return status
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # the reader of stdout went away (e.g. `| head -1`)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # so that Python's exit flush stays quiet
-        return 141
-    except (CLIError, CPTensorError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
-            PermissionError, ModuleNotFoundError) as exc:  # fmt: skip
-        # bad input, file errors and missing optional packages: one line. Anything else is
-        # a bug and keeps its traceback.
-        if os.environ.get("CPTENSOR_DEBUG"):
-            raise
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"{PROG} {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ from typing import Any
 import numpy as np
 
 from cptensor.errors import CPTensorError, CPTensorTypeError
+from cptensor.files import jsonable
 from cptensor.structured import BlockTensor, LowRankBlockTensor
 
 __all__ = [
@@ -636,7 +637,7 @@ def _load_config(base_config: Any) -> dict[str, Any]:
 
 def _read_json_object(path: Path, what: str) -> dict[str, Any]:
     """A JSON object from a regular file of bounded size; ValueError naming the file."""
-    from ._files import read_regular_file
+    from cptensor.files import read_regular_file
 
     try:
         data = json.loads(read_regular_file(path, what).decode("utf-8"))
@@ -1283,7 +1284,7 @@ class DeltaReport:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (NaN as None)."""
-        return _clean(
+        return jsonable(
             {
                 "title": self.title,
                 "shape": list(self.shape),
@@ -1463,7 +1464,7 @@ class DeltaReport:
 
         Returns the directory (created if needed).
         """
-        from ._files import replaced_directory
+        from cptensor.files import replaced_directory
 
         out = Path(directory)
         figures = self.figures()
@@ -1473,21 +1474,6 @@ class DeltaReport:
             for name, fig in figures.items():
                 fig.savefig(tmp / name, dpi=110)
         return out
-
-
-def _clean(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    if isinstance(v, (np.floating, float)):
-        f = float(v)
-        return f if math.isfinite(f) else None
-    if isinstance(v, np.integer):
-        return int(v)
-    if isinstance(v, np.bool_):
-        return bool(v)
-    return v
 
 
 def _check_ranks(ranks: Any) -> list[int]:

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ._files import atomic_savefig, atomic_write_text
+from cptensor.files import atomic_savefig, atomic_write_text, jsonable
 
 __all__ = ["DEMO_METHODS", "DemoMethod", "run_demo"]
 
@@ -350,7 +350,7 @@ def run_demo(
         "delta_analysis": None if report is None else report.to_dict(),
         "seconds": time.perf_counter() - t_all,
     }
-    atomic_write_text(out / "report.json", json.dumps(_clean(summary), indent=2))
+    atomic_write_text(out / "report.json", json.dumps(jsonable(summary), indent=2))
     md = [
         "# cptensor demo: LoRA and LoRTA on MiniLM-L6",
         "",
@@ -385,7 +385,7 @@ def run_demo(
     md.append(f"\nTotal time: {summary['seconds']:.0f} s.\n")
     atomic_write_text(out / "report.md", "\n".join(md))
     say(f"Wrote {out}/report.md, report.json and the figures ({summary['seconds']:.0f} s in all).")
-    return _clean(summary)
+    return jsonable(summary)
 
 
 def _cap_note(results: dict[str, Any], steps: int) -> list[str]:
@@ -418,9 +418,3 @@ def _plot_losses(results: dict[str, Any], out: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     atomic_savefig(fig, out / "training_loss.png", dpi=110)
-
-
-def _clean(v: Any) -> Any:
-    from .deltas import _clean as clean
-
-    return clean(v)

@@ -21,8 +21,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cptensor.errors import CPTensorError
+from cptensor.files import read_regular_file, replaced_directory
 
-from ._files import read_regular_file, replaced_directory
 from .config import AdapterConfig
 from .grid import WeightGrid
 from .layout import plan_groups

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cptensor_adapters._files import atomic_savefig, atomic_savez, atomic_write_text
+from cptensor.files import atomic_savefig, atomic_savez, atomic_write_text
 
 
 class _BrokenFigure:

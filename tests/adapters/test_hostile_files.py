@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
+import cptensor.files as files
 import cptensor_adapters as cpa
-import cptensor_adapters._files as files
 import cptensor_adapters.io as cio
 
 from ._models import build_tiny

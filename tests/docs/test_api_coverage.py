@@ -27,6 +27,8 @@ REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "reference"
 MODULES = [
     "cptensor",
     "cptensor.errors",
+    "cptensor.files",
+    "cptensor.cli",
     "cptensor.datasets",
     "cptensor.testing",
     "cptensor.fit",

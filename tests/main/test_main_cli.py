@@ -328,7 +328,7 @@ def test_a_closed_pipe_is_not_an_error(planted, monkeypatch, capsys):
 def test_a_bug_keeps_its_traceback(planted, monkeypatch):
     """Only the library's own error type (and file errors) become one-line messages; a plain
     ValueError or KeyError from a bug propagates (it used to exit 2 without a traceback)."""
-    import cptensor_adapters.cli as cli
+    import cptensor.cli as cli
 
     for exc in (ValueError("a bug"), KeyError("bug"), IndexError("bug")):
 
@@ -338,3 +338,25 @@ def test_a_bug_keeps_its_traceback(planted, monkeypatch):
         monkeypatch.setattr(cli, "_cmd_fit", broken)
         with pytest.raises(type(exc)):
             main(["fit", str(planted), "--rank", "1"])
+
+
+@pytest.mark.parametrize("entry", ["cptensor_adapters.cli", "cptensor"])
+def test_cp_commands_run_without_torch(planted, tmp_path, entry):
+    """fit and sweep need only NumPy/SciPy: with torch's import blocked they still run, from
+    the console script's module and from python -m cptensor."""
+    code = (
+        "import runpy, sys\n"
+        "class NoTorch:  # any 'import torch' fails, as where torch is not installed\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'torch':\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        f"sys.argv = ['cptensor', 'sweep', {str(planted)!r}, '--ranks', '1-2', '--json',\n"
+        f"            '--starts', '1', '--out', {str(tmp_path / 'sw')!r}]\n"
+        f"runpy.run_module({entry!r}, run_name='__main__')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["rows"][0]["rank"] == 1
+    assert "torch" not in proc.stderr
+    assert (tmp_path / "sw" / "sweep.json").is_file()

@@ -1,8 +1,10 @@
-"""Atomic writes: of one file (a temporary file beside it, then ``os.replace``), of a whole
-directory (:func:`replaced_directory`), and bounded reads of small files.
+"""Safe files: atomic writes of one file (a temporary file beside it, then ``os.replace``)
+and of a whole directory (:func:`replaced_directory`), bounded reads of small files, and
+values made ready for JSON.
 
 A reader (or a crash half-way) never sees a partly written report, figure or array file, nor
-a directory holding files of two different saves.
+a directory holding files of two different saves. Both packages write every file through
+this module.
 
 >>> import tempfile
 >>> from pathlib import Path
@@ -27,17 +29,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cptensor.errors import CPTensorError
+from .errors import CPTensorError
 
 __all__ = [
+    "MAX_JSON_BYTES",
     "atomic_savefig",
     "atomic_savez",
     "atomic_write_bytes",
     "atomic_write_text",
+    "jsonable",
     "read_regular_file",
-    "replace_into",
     "replaced_directory",
-    "temporary_beside",
 ]
 
 
@@ -67,7 +69,14 @@ def replace_into(tmp: str, path: Path) -> None:
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file + ``os.replace``)."""
+    """Write ``data`` to ``path`` atomically (temporary file + ``os.replace``).
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "b.bin"
+    >>> atomic_write_bytes(p, b"bytes")
+    >>> p.read_bytes()
+    b'bytes'
+    """
     path = Path(path)
     tmp = temporary_beside(path)
     try:
@@ -83,7 +92,14 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    """Write ``text`` (UTF-8) to ``path`` atomically.
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "r.md"
+    >>> atomic_write_text(p, "# report")
+    >>> p.read_text()
+    '# report'
+    """
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
@@ -282,3 +298,29 @@ def read_regular_file(
     if len(data) > max_bytes:
         raise CPTensorError(f"{what}: {path} grew past {max_bytes:,} bytes while being read")
     return data
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with NumPy scalars turned into Python numbers, tuples into lists, keys into
+    strings, and NaN or infinite floats into ``None`` (which JSON cannot hold).
+
+    >>> import numpy as np
+    >>> jsonable({"fit": np.float32(0.5), 2: (np.int64(3), float("nan"))})
+    {'fit': 0.5, '2': [3, None]}
+    """
+    import math
+
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): jsonable(x) for k, x in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(x) for x in value]
+    if isinstance(value, (np.floating, float)):
+        f = float(value)
+        return f if math.isfinite(f) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
