@@ -62,6 +62,10 @@ CURVE_WINDOW = 20  # steps of the trailing mean that smooths a training-loss cur
 LORA_LRS = (5e-4, 1e-3, 2e-3, 4e-3, 8e-3)
 DEFAULT_LRS = (1e-3, 4e-3, 1e-2, 2e-2, 4e-2)  # first-release init: 5-10x LoRA's rates
 SCALED_LRS = (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2)  # scale-free init: LoRA's range
+# Grids extended one step where the first sweep's best value sat on the edge (2026-12-02).
+PAPER_LRS = (*DEFAULT_LRS, 8e-2)
+SCALED_LRS_UP = (*SCALED_LRS, 3.2e-2)
+HEAD_LRS = (3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,7 @@ METHODS: dict[str, Method] = {
     "PEFT LoRA r=8 (Q,V)": Method("peft", LORA_LRS, (16.0,), SEEDS_MANY, 4e-3, 16.0),
     "LoRTA r=8": Method("cptensor", DEFAULT_LRS, (8.0, 32.0), SEEDS_MANY, 2e-2, 32.0),
     "LoRTA r=8, paper's code": Method(
-        "cptensor", DEFAULT_LRS, (8.0, 32.0), (0,), 1e-2, 8.0, init="reference", head_split="in"
+        "cptensor", PAPER_LRS, (8.0, 32.0), (0,), 1e-2, 8.0, init="reference", head_split="in"
     ),
     "LoRTA r=8 scaled": Method(
         "cptensor", SCALED_LRS, (16.0,), SEEDS_MANY, 4e-3, 16.0, init="scaled"
@@ -107,7 +111,7 @@ METHODS: dict[str, Method] = {
         "cptensor", SCALED_LRS, (16.0,), (0,), 4e-3, 16.0, init="scaled", precondition=True
     ),
     "LoRTA r=8 scaled + gradient start": Method(
-        "cptensor", SCALED_LRS, (16.0,), (0,), 4e-3, 16.0, init="scaled", gradient_init=True
+        "cptensor", SCALED_LRS_UP, (16.0,), (0,), 4e-3, 16.0, init="scaled", gradient_init=True
     ),
     "LoRTA r=8 tuned": Method(
         "cptensor",
@@ -122,7 +126,7 @@ METHODS: dict[str, Method] = {
     ),
     "LoRTA r=8 tuned (Q,V)": Method(
         "cptensor",
-        SCALED_LRS,
+        SCALED_LRS_UP,
         (8.0,),
         (0,),
         8e-3,
@@ -144,7 +148,7 @@ METHODS: dict[str, Method] = {
         head_split="in",
         lr_ratios=COEFFICIENTS_X4,
     ),
-    "head only": Method("head", (3e-3, 1e-2, 3e-2, 1e-1, 3e-1), (None,), (0,), 3e-1, None),
+    "head only": Method("head", HEAD_LRS, (None,), (0,), 3e-1, None),
 }
 BASELINE = "PEFT LoRA r=8 (Q,V)"
 
