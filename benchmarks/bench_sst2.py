@@ -9,7 +9,7 @@ Methods (``METHODS``): PEFT LoRA r = 8 on Q and V (the paper's baseline), the he
 and LoRTA variants — the first release's initialisation, the paper's code (its
 initialisation and head split), the scale-free ``init="scaled"``, with CP-preconditioned
 AdamW, with a gradient-aligned start, and a tuned combination at r = 8 and 16 (see
-``cptensor_adapters.inits``, ``.optim`` and ``.gradient_init``).
+``cptensor_adapters.inits``, ``.optim`` and ``.grad_align``).
 
 Learning rates and alphas come from one small sweep, the same for every method: each pair
 in ``Method.lrs × Method.alphas`` is trained for ``SWEEP_FRACTION`` of the budget (200
@@ -235,7 +235,7 @@ def _gradient_start(model: Any, tok: Any, train: Any, seed: int) -> None:
     import numpy as np
     import torch
 
-    from cptensor_adapters.gradient_init import gradient_init
+    from cptensor_adapters.grad_align import gradient_init
 
     rng = np.random.default_rng(10_000 + seed)
     batches = []

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
         extract_delta,
         extract_lora_delta,
     )
-    from .gradient_init import gradient_init
+    from .grad_align import gradient_init
     from .grid import ATTENTION_ROLES, Target, WeightGrid
     from .io import load_adapter, save_adapter
     from .layout import AXES, LAYOUTS, GroupPlan, Layout, plan_groups
@@ -95,7 +95,7 @@ _LAZY: dict[str, str] = {
     "extract_lora_delta": ".deltas",
     "factor_param_groups": ".optim",
     "get_config": ".model",
-    "gradient_init": ".gradient_init",
+    "gradient_init": ".grad_align",
     "load_adapter": ".io",
     "merge": ".model",
     "merge_and_unload": ".model",

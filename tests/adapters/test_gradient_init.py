@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cptensor_adapters import AdapterConfig, attach, delta_weights, merge
-from cptensor_adapters.gradient_init import gradient_init
+from cptensor_adapters.grad_align import gradient_init
 from cptensor_adapters.modules import target_block, target_factors
 
 from ._models import ARCHS, LAYOUTS, VOCAB, build_tiny

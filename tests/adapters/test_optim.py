@@ -148,3 +148,19 @@ def test_preconditioned_step_refuses_a_closure():
     opt = create_optimizer(model, 1e-3, precondition=True)
     with pytest.raises(ValueError, match="closure"):
         opt.step(lambda: 0.0)
+
+
+def test_no_public_name_is_shadowed_by_a_submodule():
+    """The package is imported lazily: a submodule named like a re-exported function would
+    replace it once imported (as grad_align's function once was by its module)."""
+    import importlib
+    import pkgutil
+    import types
+
+    import cptensor_adapters
+
+    for info in pkgutil.iter_modules(cptensor_adapters.__path__):
+        if info.name != "__main__":
+            importlib.import_module(f"cptensor_adapters.{info.name}")
+    for name in cptensor_adapters.__all__:
+        assert not isinstance(getattr(cptensor_adapters, name), types.ModuleType), name

@@ -40,7 +40,7 @@ MODULES = [
     "cptensor_adapters.cli",
     "cptensor_adapters.inits",
     "cptensor_adapters.optim",
-    "cptensor_adapters.gradient_init",
+    "cptensor_adapters.grad_align",
 ]
 
 DIRECTIVE = re.compile(r"^:::\s+(?P<ident>[\w.]+)\s*$")
