@@ -93,6 +93,7 @@ class Method:
     precondition: bool = False
     gradient_init: bool = False
     targets: tuple[str, ...] | None = None  # None: Q, K, V, O
+    max_grad_norm: float | None = None  # gradient clipping (TrainConfig.max_grad_norm)
 
 
 # The methods, in the order they run and are tabulated. The sweep's choices (lr, alpha) are
@@ -106,6 +107,9 @@ METHODS: dict[str, Method] = {
     ),
     "LoRTA r=8 scaled": Method(
         "cptensor", SCALED_LRS, (16.0,), SEEDS_MANY, 4e-3, 16.0, init="scaled"
+    ),
+    "LoRTA r=8 scaled, clipped": Method(
+        "cptensor", SCALED_LRS, (16.0,), SEEDS_MANY, 4e-3, 16.0, init="scaled", max_grad_norm=1.0
     ),
     "LoRTA r=8 scaled + preconditioned": Method(
         "cptensor", SCALED_LRS, (16.0,), (0,), 4e-3, 16.0, init="scaled", precondition=True
@@ -281,6 +285,7 @@ def _train(
         lr=lr,
         seed=seed,
         group_by_length=GROUP_BY_LENGTH,
+        max_grad_norm=spec.max_grad_norm,
     )
     res = train_classifier(
         model,

@@ -86,6 +86,7 @@ class TrainConfig:
     eval_batch_size: int = 128
     max_seconds: float | None = None
     group_by_length: bool = False
+    max_grad_norm: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "max_length", "eval_batch_size"):
@@ -96,6 +97,12 @@ class TrainConfig:
             raise CPTensorError(f"lr must be a positive number; got {self.lr!r}")
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise CPTensorError(f"warmup_fraction must be in [0, 1); got {self.warmup_fraction!r}")
+        if self.max_grad_norm is not None and not (
+            isinstance(self.max_grad_norm, (int, float)) and self.max_grad_norm > 0
+        ):
+            raise CPTensorError(
+                f"max_grad_norm must be a positive number or None; got {self.max_grad_norm!r}"
+            )
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise CPTensorError(f"max_seconds must be positive or None; got {self.max_seconds!r}")
 
@@ -437,6 +444,8 @@ def train_classifier(
         labels = torch.tensor([train.labels[i] for i in idx])
         out = model(**enc, labels=labels)
         out.loss.backward()
+        if config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)

@@ -237,3 +237,33 @@ def test_quick_demo_on_sst2(tmp_path):
     assert doc["data"].startswith("GLUE SST-2") and doc["budget"]["max_length"] == 32
     assert [r["method"] for r in doc["table"]] == ["LoRA r=8 (Q,K,V,O)"]
     assert (tmp_path / "report.md").read_text().count("| LoRA r=8 (Q,K,V,O)") == 1
+
+
+def test_gradient_clipping_bounds_the_step():
+    import torch
+
+    from cptensor_adapters.data import TextDataset
+    from cptensor_adapters.train import TrainConfig, load_minilm, train_classifier
+
+    toy = TextDataset(("good", "great", "awful", "bad"), (1, 1, 0, 0))
+    moved = {}
+    for clip in (None, 1e-6):
+        model, tok = load_minilm()
+        for p in model.bert.parameters():
+            p.requires_grad_(False)
+        before = model.classifier.weight.detach().clone()
+        cfg = TrainConfig(steps=1, batch_size=4, lr=1.0, warmup_fraction=0.0, max_grad_norm=clip)
+        train_classifier(
+            model,
+            tok,
+            toy,
+            toy,
+            cfg,
+            optimizer=lambda m, lr, wd: torch.optim.SGD(
+                [p for p in m.parameters() if p.requires_grad], lr=lr
+            ),
+        )
+        moved[clip] = float((model.classifier.weight - before).norm())
+    assert moved[1e-6] <= 1.01e-6 < moved[None]
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        TrainConfig(max_grad_norm=0)
