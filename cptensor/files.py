@@ -19,6 +19,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import io
+import itertools
+import math
 import os
 import shutil
 import stat
@@ -29,10 +31,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import CPTensorError
+import numpy as np
+
+from .errors import CPTensorError, CPTensorKeyError, CPTensorTypeError
 
 __all__ = [
     "MAX_JSON_BYTES",
+    "SafetensorsFile",
     "atomic_savefig",
     "atomic_savez",
     "atomic_write_bytes",
@@ -252,6 +257,165 @@ def replaced_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_ST_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+}
+#: Bytes per element of every dtype the safetensors format defines (readable or not).
+_ST_ITEMSIZE = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+    "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+}  # fmt: skip
+_ST_MAX_HEADER = 100 * 2**20  # the safetensors library's own bound
+
+
+def _validated_header(path: str, data: bytes, file_size: int) -> tuple[dict[str, Any], int]:
+    """The tensor entries of a safetensors header and the offset of the data, after checking
+    every entry against the file: known dtype, non-negative integer shape, offsets inside
+    the data section, byte length = elements × item size, no two tensors overlapping."""
+    import json
+
+    def bad(why: str) -> CPTensorError:
+        return CPTensorError(f"{path} is not a valid safetensors file: {why}")
+
+    if file_size < 8 or len(data) < 8:
+        raise bad(f"{file_size} bytes, shorter than the 8-byte header length")
+    n = int.from_bytes(data[:8], "little")
+    if n > min(file_size - 8, _ST_MAX_HEADER):
+        raise bad(f"the header claims {n:,} bytes; the file has {file_size - 8:,} after it")
+    try:
+        header = json.loads(data[8 : 8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise bad(f"the header is not UTF-8 JSON ({type(exc).__name__})") from None
+    if not isinstance(header, dict):
+        raise bad("the header is not a JSON object")
+    header.pop("__metadata__", None)
+    data_size = file_size - 8 - n
+    spans = []
+    for name, spec in header.items():
+        if not isinstance(spec, dict):
+            raise bad(f"entry {name!r} is not an object")
+        dtype, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in _ST_ITEMSIZE:
+            raise bad(f"tensor {name!r} has unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise bad(f"tensor {name!r} has shape {shape!r}")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data_size
+        ):
+            raise bad(f"tensor {name!r} has data_offsets {offsets!r} outside 0..{data_size}")
+        if offsets[1] - offsets[0] != math.prod(shape) * _ST_ITEMSIZE[dtype]:
+            raise bad(
+                f"tensor {name!r} spans {offsets[1] - offsets[0]} bytes; shape {shape} of "
+                f"{dtype} needs {math.prod(shape) * _ST_ITEMSIZE[dtype]}"
+            )
+        spans.append((offsets[0], offsets[1], name))
+    spans.sort()
+    for (_, end, first), (begin, _, second) in itertools.pairwise(spans):
+        if begin < end:
+            raise bad(f"tensors {first!r} and {second!r} overlap")
+    return header, 8 + n
+
+
+class SafetensorsFile:
+    """The one reader of safetensors files in both packages: the header is read once and
+    validated against the file before any byte is trusted — dtype known, shape and
+    offsets integers inside the data section, byte length = elements × item size, no two
+    tensors overlapping, header length bounded — and each tensor is then memory-mapped on
+    demand (no copy). Opening never blocks (a FIFO is refused).
+
+    Raises:
+        CPTensorError: not a regular file, or a header that fails a check (the message
+            names the file and what is wrong).
+
+    >>> import numpy as np, tempfile, os
+    >>> from safetensors.numpy import save_file
+    >>> path = os.path.join(tempfile.mkdtemp(), "w.safetensors")
+    >>> save_file({"a": np.arange(6.0).reshape(2, 3)}, path)
+    >>> f = SafetensorsFile(path)
+    >>> f.keys(), f.shape("a"), f.dtype("a"), f.read("a").sum()
+    (['a'], (2, 3), 'F64', np.float64(15.0))
+    """
+
+    def __init__(self, path: Any) -> None:
+        self.path = str(path)
+        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise CPTensorError(f"{self.path} is not a regular file")
+        with os.fdopen(fd, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else 0
+            head += f.read(min(n, _ST_MAX_HEADER, max(info.st_size - 8, 0)))
+        self.header, self.start = _validated_header(self.path, head, info.st_size)
+
+    def keys(self) -> list[str]:
+        """The tensor names, in the header's order."""
+        return list(self.header)
+
+    def _spec(self, name: str) -> dict[str, Any]:
+        try:
+            return self.header[name]
+        except KeyError:
+            raise CPTensorKeyError(f"tensor {name!r} is not in {self.path}") from None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The shape of tensor ``name``."""
+        return tuple(self._spec(name)["shape"])
+
+    def dtype(self, name: str) -> str:
+        """The safetensors dtype code of tensor ``name`` (``"F32"``, ``"BF16"``, ...)."""
+        return str(self._spec(name)["dtype"])
+
+    def read(self, name: str, framework: str = "numpy") -> Any:
+        """Tensor ``name``, memory-mapped: a read-only NumPy array (``framework="numpy"``)
+        or a torch tensor over the mapping (``"pt"``, needed for bfloat16)."""
+        spec = self._spec(name)
+        kind = _ST_DTYPES.get(spec["dtype"])
+        if kind is None:
+            raise CPTensorTypeError(
+                f"tensor {name!r} in {self.path} has unsupported dtype {spec['dtype']}"
+            )
+        shape = tuple(spec["shape"])
+        begin, _ = spec["data_offsets"]
+        np_kind = "uint16" if kind == "bfloat16" else kind
+        if framework not in ("numpy", "pt"):
+            raise CPTensorError(f"framework: expected 'numpy' or 'pt', got {framework!r}")
+        if kind == "bfloat16" and framework != "pt":
+            raise CPTensorTypeError(
+                f"tensor {name!r} is bfloat16, which NumPy cannot hold; use framework='pt'"
+            )
+        if math.prod(shape) == 0:  # nothing to map
+            mm = np.zeros(shape, dtype=np_kind)
+        else:
+            mm = np.memmap(
+                self.path, dtype=np_kind, mode="r", offset=self.start + begin, shape=shape
+            )
+        if framework == "numpy":
+            return mm
+        import warnings
+
+        import torch
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # read-only mapping: never written
+            t = torch.from_numpy(mm)
+        return t.view(torch.bfloat16) if kind == "bfloat16" else t
 
 
 #: Bound on the size of a JSON file read from an adapter or checkpoint directory.

@@ -67,6 +67,7 @@ from ._backend import (
 )
 from .cp import CPTensor
 from .errors import CPTensorError, CPTensorKeyError, CPTensorTypeError
+from .files import SafetensorsFile
 from .products import _best_split, _contract_rank_first, _khatri_rao, _mttkrp_one, kronecker
 from .reconstruct import fix_modes, reconstruct
 
@@ -184,129 +185,6 @@ def _check_matrices_for(matrices: Sequence[Array], shape: tuple[int, ...]) -> li
                 f"to multiply mode {n}"
             )
     return mats
-
-
-_ST_DTYPES = {
-    "F64": "float64",
-    "F32": "float32",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "I64": "int64",
-    "I32": "int32",
-    "I16": "int16",
-    "I8": "int8",
-    "U8": "uint8",
-}
-#: Bytes per element of every dtype the safetensors format defines (readable or not).
-_ST_ITEMSIZE = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-    "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
-}  # fmt: skip
-_ST_MAX_HEADER = 100 * 2**20  # the safetensors library's own bound
-
-
-def _validated_header(path: str, data: bytes, file_size: int) -> tuple[dict[str, Any], int]:
-    """The tensor entries of a safetensors header and the offset of the data, after checking
-    every entry against the file: known dtype, non-negative integer shape, offsets inside
-    the data section, byte length = elements × item size, no two tensors overlapping."""
-    import json
-
-    def bad(why: str) -> ValueError:
-        return ValueError(f"{path} is not a valid safetensors file: {why}")
-
-    if file_size < 8 or len(data) < 8:
-        raise bad(f"{file_size} bytes, shorter than the 8-byte header length")
-    n = int.from_bytes(data[:8], "little")
-    if n > min(file_size - 8, _ST_MAX_HEADER):
-        raise bad(f"the header claims {n:,} bytes; the file has {file_size - 8:,} after it")
-    try:
-        header = json.loads(data[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise bad(f"the header is not UTF-8 JSON ({type(exc).__name__})") from None
-    if not isinstance(header, dict):
-        raise bad("the header is not a JSON object")
-    header.pop("__metadata__", None)
-    data_size = file_size - 8 - n
-    spans = []
-    for name, spec in header.items():
-        if not isinstance(spec, dict):
-            raise bad(f"entry {name!r} is not an object")
-        dtype, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
-        if not isinstance(dtype, str) or dtype not in _ST_ITEMSIZE:
-            raise bad(f"tensor {name!r} has unknown dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-        ):
-            raise bad(f"tensor {name!r} has shape {shape!r}")
-        if (
-            not isinstance(offsets, list)
-            or len(offsets) != 2
-            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-            or not 0 <= offsets[0] <= offsets[1] <= data_size
-        ):
-            raise bad(f"tensor {name!r} has data_offsets {offsets!r} outside 0..{data_size}")
-        if offsets[1] - offsets[0] != math.prod(shape) * _ST_ITEMSIZE[dtype]:
-            raise bad(
-                f"tensor {name!r} spans {offsets[1] - offsets[0]} bytes; shape {shape} of "
-                f"{dtype} needs {math.prod(shape) * _ST_ITEMSIZE[dtype]}"
-            )
-        spans.append((offsets[0], offsets[1], name))
-    spans.sort()
-    for (_, end, first), (begin, _, second) in itertools.pairwise(spans):
-        if begin < end:
-            raise bad(f"tensors {first!r} and {second!r} overlap")
-    return header, 8 + n
-
-
-class _SafetensorsReader:
-    """Zero-copy access to the tensors of a safetensors file (header parsed and validated
-    once; see :func:`_validated_header`)."""
-
-    def __init__(self, path: Any, framework: str) -> None:
-        import os
-        import stat
-
-        self.path = str(path)
-        self.framework = framework
-        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO never blocks
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            os.close(fd)
-            raise CPTensorError(f"{self.path} is not a regular file")
-        with os.fdopen(fd, "rb") as f:
-            head = f.read(8)
-            n = int.from_bytes(head, "little") if len(head) == 8 else 0
-            head += f.read(min(n, _ST_MAX_HEADER, max(info.st_size - 8, 0)))
-        self.header, self.start = _validated_header(self.path, head, info.st_size)
-
-    def read(self, name: str) -> Array:
-        try:
-            spec = self.header[name]
-        except KeyError:
-            raise CPTensorKeyError(f"tensor {name!r} is not in {self.path}") from None
-        kind = _ST_DTYPES.get(spec["dtype"])
-        if kind is None:
-            raise CPTensorTypeError(
-                f"tensor {name!r} in {self.path} has unsupported dtype {spec['dtype']}"
-            )
-        shape = tuple(spec["shape"])
-        begin, _ = spec["data_offsets"]
-        np_kind = "uint16" if kind == "bfloat16" else kind
-        if kind == "bfloat16" and self.framework != "pt":
-            raise CPTensorTypeError(
-                f"tensor {name!r} is bfloat16, which NumPy cannot hold; use framework='pt'"
-            )
-        mm = np.memmap(self.path, dtype=np_kind, mode="r", offset=self.start + begin, shape=shape)
-        if self.framework == "numpy":
-            return mm
-        import warnings
-
-        import torch
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # read-only mapping: never written
-            t = torch.from_numpy(mm)
-        return t.view(torch.bfloat16) if kind == "bfloat16" else t
 
 
 def _sum_sq64(b: Array) -> float:
@@ -505,10 +383,10 @@ class BlockTensor:
             lookup: Callable[[Key], str] = table.__getitem__
         else:
             lookup = names
-        reader = _SafetensorsReader(path, fw)
+        reader = SafetensorsFile(path)
 
         def read(key: Key) -> Array:
-            return reader.read(lookup(key))
+            return reader.read(lookup(key), fw)
 
         read.reader = reader  # type: ignore[attr-defined]
         return cls(shape, block_modes, read, block_shape=block_shape, dtype=dtype)

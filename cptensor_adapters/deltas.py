@@ -65,7 +65,7 @@ from typing import Any
 import numpy as np
 
 from cptensor.errors import CPTensorError, CPTensorTypeError
-from cptensor.files import jsonable
+from cptensor.files import SafetensorsFile, jsonable
 from cptensor.structured import BlockTensor, LowRankBlockTensor
 
 __all__ = [
@@ -312,8 +312,6 @@ class _Source:
             )
 
     def _init_path(self, p: Path) -> None:
-        from safetensors import safe_open
-
         if not p.exists():
             raise FileNotFoundError(f"{self.what}: {str(p)!r} does not exist")
         files = [p] if p.is_file() else sorted(p.glob("*.safetensors"))
@@ -329,38 +327,33 @@ class _Source:
         cfg_path = (p.parent if p.is_file() else p) / "config.json"
         if cfg_path.is_file():
             self.config = _read_json_object(cfg_path, self.what)
-        self._files = {}
+        self._files: dict[str, SafetensorsFile] | None = {}
         self.shapes = {}
         for f in files:
             try:
-                with safe_open(str(f), framework="pt") as h:
-                    for k in h.keys():
-                        sl = h.get_slice(k)
-                        shape = tuple(sl.get_shape())
-                        if len(shape) == 2:
-                            self._files[k] = f
-                            self.shapes[k] = shape
-            except Exception as exc:  # safetensors raises its own error types
-                raise CPTensorError(
-                    f"{self.what}: {f} is not a readable safetensors file "
-                    f"({type(exc).__name__}: {exc})"
-                ) from None
+                reader = SafetensorsFile(f)
+            except CPTensorError as exc:
+                raise CPTensorError(f"{self.what}: {exc}") from None
+            for k in reader.keys():
+                shape = reader.shape(k)
+                if len(shape) == 2:
+                    self._files[k] = reader
+                    self.shapes[k] = shape
         self._tensors = None
 
     def read(self, name: str) -> np.ndarray:
         """The weight as float32 NumPy (one memory-mapped read for checkpoints)."""
         if self._tensors is not None:
             t = self._tensors[name].detach()
+            where = self.description
         else:
-            from safetensors import safe_open
-
-            with safe_open(str(self._files[name]), framework="pt") as h:
-                t = h.get_tensor(name)
+            assert self._files is not None
+            t = self._files[name].read(name, "pt")
+            where = self._files[name].path
         if not t.dtype.is_floating_point:
             raise CPTensorError(f"{self.what}: weight {name!r} has dtype {t.dtype}, not floating")
         out = t.float().cpu().numpy()
         if not np.isfinite(out).all():
-            where = self._files[name] if self._tensors is None else self.description
             raise CPTensorError(f"{self.what}: weight {name!r} in {where} holds NaN or inf values")
         return out
 
@@ -690,24 +683,11 @@ def _is_own_format(acfg: Mapping[str, Any]) -> bool:
 
 
 def _read_safetensors(path: Path, keep: Callable[[str], bool]) -> tuple[dict[str, Any], list[str]]:
-    """The tensors of ``path`` whose key passes ``keep`` (torch, as stored; the others are
-    not read) and all its keys; ValueError naming the file when it is not a readable
-    safetensors file."""
-    from safetensors import safe_open
-
-    out = {}
-    try:
-        with safe_open(str(path), framework="pt") as h:
-            keys = list(h.keys())
-            for k in keys:
-                if keep(k):
-                    out[k] = h.get_tensor(k)
-    except Exception as exc:  # safetensors raises its own error types
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise CPTensorError(
-            f"{path} is not a readable safetensors file ({type(exc).__name__}: {msg})"
-        ) from None
-    return out, keys
+    """The tensors of ``path`` whose key passes ``keep`` (torch, as stored, memory-mapped;
+    the others are not read) and all its keys, through the validating reader."""
+    reader = SafetensorsFile(path)
+    keys = reader.keys()
+    return {k: reader.read(k, "pt") for k in keys if keep(k)}, keys
 
 
 #: Largest layer count a delta may declare (no transformer has more).

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from cptensor.errors import CPTensorError
-from cptensor.files import read_regular_file, replaced_directory
+from cptensor.files import SafetensorsFile, read_regular_file, replaced_directory
 
 from .config import AdapterConfig
 from .grid import WeightGrid
@@ -183,21 +183,16 @@ def _saved_config_and_grid(meta: dict[str, Any], file: Path) -> tuple[AdapterCon
     return config, grid
 
 
-def _header(file: Path) -> dict[str, tuple[tuple[int, ...], str]]:
-    """``{key: (shape, dtype)}`` from the safetensors header of ``file``, read and validated
-    by the safetensors library without loading any tensor."""
-    from safetensors import safe_open
-
+def _header(file: Path) -> tuple[SafetensorsFile, dict[str, tuple[tuple[int, ...], str]]]:
+    """The validating reader of ``file`` and ``{key: (shape, dtype)}`` from its header; no
+    tensor is read."""
     if not file.is_file():
         raise CPTensorError(f"path: {file} is missing or not a regular file")
     try:
-        with safe_open(str(file), framework="pt") as fh:
-            return {
-                k: (tuple(fh.get_slice(k).get_shape()), str(fh.get_slice(k).get_dtype()))
-                for k in fh.keys()
-            }
-    except Exception as exc:  # the library's SafetensorError and I/O errors
-        raise CPTensorError(f"path: {file} is not a valid safetensors file ({exc})") from None
+        reader = SafetensorsFile(file)
+    except CPTensorError as exc:
+        raise CPTensorError(f"path: {exc}") from None
+    return reader, {k: (reader.shape(k), reader.dtype(k)) for k in reader.keys()}
 
 
 _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
@@ -305,11 +300,9 @@ def load_adapter(
         )
     weights = directory / ADAPTER_WEIGHTS
     plans = plan_groups(grid, config.resolved_layout, config.head_split)
-    _check_factors(_header(weights), plans, config.r, weights)
-    try:
-        tensors = load_file(str(weights))
-    except Exception as exc:  # pragma: no cover - the header was valid a moment ago
-        raise CPTensorError(f"path: {weights} could not be read ({exc})") from None
+    reader, header = _header(weights)
+    _check_factors(header, plans, config.r, weights)
+    tensors = {k: reader.read(k, "pt") for k in reader.keys()}
     attach(model, selection, name)
     try:
         _copy_into(model, name, tensors, directory)

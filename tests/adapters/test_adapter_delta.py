@@ -139,7 +139,7 @@ def test_peft_directory_still_read(tiny, tmp_path):
     np.testing.assert_array_equal(delta.to_dense(), ref.to_dense())
     (tmp_path / "adapter_model.safetensors").write_bytes(b"\x00garbage")
     for read in (extract_adapter_delta, extract_lora_delta):
-        with pytest.raises(ValueError, match="not a readable safetensors file"):
+        with pytest.raises(ValueError, match="not a valid safetensors file"):
             read(tmp_path, base.config)
 
 
@@ -220,7 +220,7 @@ def test_corrupt_or_mismatched_weights(saved_bert):
     with pytest.raises(ValueError, match="unexpected tensors"):
         extract_adapter_delta(saved_bert)
     w.write_bytes(b"definitely not safetensors")
-    with pytest.raises(ValueError, match="not a readable safetensors file"):
+    with pytest.raises(ValueError, match="not a valid safetensors file"):
         extract_adapter_delta(saved_bert)
     w.unlink()
     with pytest.raises(FileNotFoundError, match=r"lacks adapter_model\.safetensors"):

@@ -270,7 +270,7 @@ def test_analyze_adapter_bad_directories(saved_lorta, tmp_path, capsys):
     _bad(
         capsys,
         ["analyze-adapter", broken("weights", weights=b"\x00garbage"), *out],
-        "not a readable safetensors file",
+        "not a valid safetensors file",
     )
     meta = json.loads((src / "adapter_config.json").read_text())
     meta["grid"]["targets"][0]["out_features"] = 99
