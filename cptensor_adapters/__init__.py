@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     )
     from .grad_align import gradient_init
     from .grid import ATTENTION_ROLES, Target, WeightGrid
-    from .io import load_adapter, save_adapter
+    from .io import SavedAdapter, load_adapter, read_saved_adapter, save_adapter
     from .layout import AXES, LAYOUTS, GroupPlan, Layout, plan_groups
     from .model import (
         ParameterReport,
@@ -97,6 +97,8 @@ _LAZY: dict[str, str] = {
     "get_config": ".model",
     "gradient_init": ".grad_align",
     "load_adapter": ".io",
+    "read_saved_adapter": ".io",
+    "SavedAdapter": ".io",
     "merge": ".model",
     "merge_and_unload": ".model",
     "merged_adapters": ".model",
@@ -140,6 +142,7 @@ __all__ = [
     "Layout",
     "ModulesToSaveWrapper",
     "ParameterReport",
+    "SavedAdapter",
     "Target",
     "WeightGrid",
     "active_adapters",
@@ -163,6 +166,7 @@ __all__ = [
     "merged_adapters",
     "parameter_report",
     "plan_groups",
+    "read_saved_adapter",
     "remove_adapter",
     "save_adapter",
     "save_as_peft_lora",

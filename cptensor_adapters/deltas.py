@@ -926,44 +926,12 @@ def _cp_adapter_delta(
     cfg_path: Path, w_path: Path, meta: Mapping[str, Any], base_config: Any
 ) -> LowRankDelta:
     """:func:`extract_adapter_delta` for a directory written by ``save_adapter``."""
-    import torch
-
-    from .config import AdapterConfig
-    from .grid import ATTENTION_ROLES, WeightGrid
-    from .io import FORMAT_VERSION
-    from .layout import plan_groups
+    from .grid import ATTENTION_ROLES
+    from .io import read_saved_adapter
     from .modules import target_factors
 
-    version = meta.get("format_version", 0)
-    if isinstance(version, bool) or not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CPTensorError(
-            f"{cfg_path}: format_version {version!r}; this library reads versions up to "
-            f"{FORMAT_VERSION}"
-        )
-    try:
-        config = AdapterConfig.from_dict(meta["config"])
-        grid = WeightGrid.from_dict(meta["grid"])
-        plans = plan_groups(grid, config.resolved_layout, config.head_split)
-    except KeyError as exc:
-        raise CPTensorError(
-            f"{cfg_path}: not a valid cptensor_adapters config (missing {exc})"
-        ) from None
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise CPTensorError(
-            f"{cfg_path}: not a valid cptensor_adapters config ({type(exc).__name__}: {exc})"
-        ) from None
-    saved = meta.get("groups")
-    if saved is not None:
-        want = [(list(p.modes), list(p.shape), [m.target for m in p.members]) for p in plans]
-        try:
-            got = [(list(g["modes"]), list(g["shape"]), list(g["targets"])) for g in saved]
-        except (KeyError, TypeError) as exc:
-            raise CPTensorError(f"{cfg_path}: malformed 'groups' entry ({exc!r})") from None
-        if got != want:
-            raise CPTensorError(
-                f"{cfg_path}: its 'groups' disagree with the CP tensors its config and grid "
-                "define (an edited file, or one written by another version)"
-            )
+    saved = read_saved_adapter(cfg_path.parent)
+    config, grid, plans = saved.config, saved.grid, saved.plans
 
     # geometry of the LoRTA delta tensor, from the grid (checked against base_config)
     attn = [t for t in grid.targets if t.matrix in ATTENTION_ROLES]
@@ -1019,30 +987,10 @@ def _cp_adapter_delta(
         raise CPTensorError(f"base_config: {n_layers} layers, but the adapter targets layer {last}")
     L = max(int(n_layers or 0), last + 1)
 
-    # the factors
-    tensors, keys = _read_safetensors(w_path, lambda k: k.startswith("groups."))
-    groups: list[dict[str, Any]] = []  # mode -> float64 torch factor
-    expected = set()
-    for i, plan in enumerate(plans):
-        fs = {}
-        for mode, size in zip(plan.modes, plan.shape):
-            key = f"groups.{i}.{mode}"
-            expected.add(key)
-            t = tensors.get(key)
-            if t is None:
-                raise CPTensorError(f"{w_path}: tensor {key!r} is missing (its config needs it)")
-            if tuple(t.shape) != (size, config.r):
-                raise CPTensorError(
-                    f"{w_path}: tensor {key!r} has shape {tuple(t.shape)}, its config "
-                    f"needs ({size}, {config.r})"
-                )
-            fs[mode] = torch.from_numpy(_finite_factor(t, key, w_path)).double()
-        groups.append(fs)
-    extra = sorted(k for k in tensors if k.startswith("groups.") and k not in expected)
-    if extra:
-        raise CPTensorError(f"{w_path}: unexpected tensors {extra[:5]} (not in its config)")
-    n_saved = sum(1 for k in keys if k.startswith("modules_to_save."))
-    dtypes = {str(t.dtype) for k, t in tensors.items() if k in expected}
+    # the factors (read and checked by the adapter format's own reader)
+    groups = [{m: t.double() for m, t in fs.items()} for fs in saved.factors]
+    n_saved = len(saved.others)
+    dtypes = {str(t.dtype) for fs in saved.factors for t in fs.values()}
     out_dtype = np.float64 if dtypes == {"torch.float64"} else np.float32
 
     pairs: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}

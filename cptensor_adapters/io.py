@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,15 @@ from .model import (
 )
 from .modules import iter_save_wrappers
 
-__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "FORMAT", "load_adapter", "save_adapter"]
+__all__ = [
+    "ADAPTER_CONFIG",
+    "ADAPTER_WEIGHTS",
+    "FORMAT",
+    "SavedAdapter",
+    "load_adapter",
+    "read_saved_adapter",
+    "save_adapter",
+]
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -169,7 +178,7 @@ def read_adapter_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     return meta
 
 
-def _saved_config_and_grid(meta: dict[str, Any], file: Path) -> tuple[AdapterConfig, WeightGrid]:
+def saved_config_and_grid(meta: dict[str, Any], file: Path) -> tuple[AdapterConfig, WeightGrid]:
     """The config and grid of a saved adapter, built from their JSON with every error turned
     into a ``ValueError`` that names the file."""
     try:
@@ -211,9 +220,14 @@ def _check_factors(
     }
     found = {k for k in header if k.startswith("groups.")}
     missing, extra = sorted(set(expected) - found), sorted(found - set(expected))
-    if missing or extra:
+    if missing:
         raise CPTensorError(
-            f"path: {file} does not match its config: missing {missing[:5]}, unexpected {extra[:5]}"
+            f"path: {file} does not match its config: tensor {missing[0]!r} is missing "
+            f"({len(missing)} missing in all)"
+        )
+    if extra:
+        raise CPTensorError(
+            f"path: {file} holds unexpected tensors {extra[:5]} (not in its config)"
         )
     for key, shape in expected.items():
         got, dtype = header[key]
@@ -227,6 +241,106 @@ def _check_factors(
             raise CPTensorError(
                 f"path: tensor {key!r} in {file} has dtype {dtype}; expected a floating type"
             )
+
+
+@dataclass(frozen=True)
+class SavedAdapter:
+    """A directory written by :func:`save_adapter`, read and checked as a whole.
+
+    Attributes:
+        directory: where it was read from.
+        meta: the parsed ``adapter_config.json``.
+        config: its :class:`~cptensor_adapters.AdapterConfig`.
+        grid: the :class:`~cptensor_adapters.WeightGrid` it was saved from.
+        plans: the CP tensors (:class:`~cptensor_adapters.GroupPlan`) that config and
+            grid define (checked against the file's own ``groups`` record).
+        factors: per plan, ``{mode: tensor (size × r)}``, finite and floating,
+            memory-mapped.
+        others: the other tensors of the weights file (the ``modules_to_save`` copies,
+            ``modules_to_save.<module path>.<parameter>``), memory-mapped.
+
+    Example:
+        >>> import tempfile
+        >>> from transformers import GPT2Config, GPT2Model
+        >>> from cptensor_adapters import AdapterConfig, attach
+        >>> m = attach(GPT2Model(GPT2Config(n_embd=32, n_layer=2, n_head=4)), AdapterConfig(r=3))
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     saved = read_saved_adapter(save_adapter(m, d))
+        >>> saved.config.r, [p.shape for p in saved.plans], saved.others
+        (3, [(32, 8, 4, 2, 4)], {})
+    """
+
+    directory: Path
+    meta: dict[str, Any]
+    config: AdapterConfig
+    grid: WeightGrid
+    plans: list[Any]
+    factors: list[dict[str, torch.Tensor]]
+    others: dict[str, torch.Tensor]
+
+
+def read_saved_adapter(path: str | os.PathLike[str]) -> SavedAdapter:
+    """Read and check a directory written by :func:`save_adapter` without a model: the
+    config file (bounded, typed), the grid and CP tensors it defines, the ``groups``
+    record, and every factor's presence, shape, dtype and values. The one reader of this
+    library's adapter format (:func:`load_adapter` and the delta analysis use it).
+
+    Raises:
+        FileNotFoundError: a missing file.
+        CPTensorError: anything malformed or inconsistent, naming the file.
+
+    Example:
+        >>> import tempfile
+        >>> from transformers import BertConfig, BertModel
+        >>> from cptensor_adapters import AdapterConfig, attach
+        >>> m = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
+        ...            num_attention_heads=4, intermediate_size=64)), AdapterConfig(r=2))
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     saved = read_saved_adapter(save_adapter(m, d))
+        ...     sorted(saved.factors[0]), tuple(saved.factors[0]["out"].shape)
+        (['head', 'in', 'layer', 'matrix', 'out'], (32, 2))
+    """
+    directory = Path(path)
+    meta = read_adapter_config(directory)
+    config_file = directory / ADAPTER_CONFIG
+    config, grid = saved_config_and_grid(meta, config_file)
+    try:
+        plans = plan_groups(grid, config.resolved_layout, config.head_split)
+    except (ValueError, TypeError) as exc:
+        raise CPTensorError(f"path: {config_file}: {exc}") from None
+    saved = meta.get("groups")
+    if saved is not None:
+        want = [(list(p.modes), list(p.shape), [m.target for m in p.members]) for p in plans]
+        try:
+            got = [(list(g["modes"]), list(g["shape"]), list(g["targets"])) for g in saved]
+        except (KeyError, TypeError) as exc:
+            raise CPTensorError(
+                f"path: {config_file}: malformed 'groups' entry ({exc!r})"
+            ) from None
+        if got != want:
+            raise CPTensorError(
+                f"path: {config_file}: its 'groups' disagree with the CP tensors its config "
+                "and grid define (an edited file, or one written by another version)"
+            )
+    weights = directory / ADAPTER_WEIGHTS
+    if not weights.exists():
+        raise FileNotFoundError(f"path: {directory} lacks {ADAPTER_WEIGHTS}")
+    reader, header = _header(weights)
+    _check_factors(header, plans, config.r, weights)
+    factors = []
+    for p in plans:
+        fs = {}
+        for mode in p.modes:
+            key = f"groups.{p.index}.{mode}"
+            t = reader.read(key, "pt")
+            if not bool(torch.isfinite(t).all()):
+                raise CPTensorError(
+                    f"path: tensor {key!r} in {weights} holds NaN or infinite values"
+                )
+            fs[mode] = t
+        factors.append(fs)
+    others = {k: reader.read(k, "pt") for k in reader.keys() if not k.startswith("groups.")}
+    return SavedAdapter(directory, meta, config, grid, plans, factors, others)
 
 
 def load_adapter(
@@ -271,11 +385,9 @@ def load_adapter(
         >>> torch.allclose(a(ids).last_hidden_state, b(ids).last_hidden_state)
         True
     """
-    directory = Path(path)
-    meta = read_adapter_config(directory)
-    config_file = directory / ADAPTER_CONFIG
-    name = _check_name(meta["name"] if name is None else name)
-    config, saved_grid = _saved_config_and_grid(meta, config_file)
+    saved = read_saved_adapter(path)
+    directory, config, saved_grid = saved.directory, saved.config, saved.grid
+    name = _check_name(saved.meta["name"] if name is None else name)
     store = _store(model)
     if store is not None and name in store.adapters:
         raise CPTensorError(
@@ -298,11 +410,9 @@ def load_adapter(
             + "; ".join(diffs[:8])
             + (f"; ... ({len(diffs) - 8} more)" if len(diffs) > 8 else "")
         )
-    weights = directory / ADAPTER_WEIGHTS
-    plans = plan_groups(grid, config.resolved_layout, config.head_split)
-    reader, header = _header(weights)
-    _check_factors(header, plans, config.r, weights)
-    tensors = {k: reader.read(k, "pt") for k in reader.keys()}
+    tensors = dict(saved.others)
+    for p, fs in zip(saved.plans, saved.factors):
+        tensors.update({f"groups.{p.index}.{mode}": t for mode, t in fs.items()})
     attach(model, selection, name)
     try:
         _copy_into(model, name, tensors, directory)
@@ -326,9 +436,14 @@ def _copy_into(model: nn.Module, name: str, tensors: dict[str, torch.Tensor], wh
     file = where / ADAPTER_WEIGHTS
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
-    if missing or extra:
+    if missing:
         raise CPTensorError(
-            f"path: {file} does not match its config: missing {missing[:5]}, unexpected {extra[:5]}"
+            f"path: {file} does not match its config: tensor {missing[0]!r} is missing "
+            f"({len(missing)} missing in all)"
+        )
+    if extra:
+        raise CPTensorError(
+            f"path: {file} holds unexpected tensors {extra[:5]} (not in its config)"
         )
     for key, p in expected.items():
         t = tensors[key]

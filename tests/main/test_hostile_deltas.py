@@ -119,7 +119,9 @@ def own_dir(tmp_path):
 
 def test_a_declared_layer_of_ten_million_is_refused(own_dir):
     meta = json.loads((own_dir / "adapter_config.json").read_text())
-    meta["grid"]["targets"][-1]["layer"] = 10_000_000
+    for t in meta["grid"]["targets"]:  # every target of layer 1 moves: the CP tensor's shape
+        if t["layer"] == 1:  # stays what the file holds, only the declared index is huge
+            t["layer"] = 10_000_000
     meta.pop("groups")
     (own_dir / "adapter_config.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="layer 10000000; this reader accepts layers below"):
