@@ -459,8 +459,13 @@ def run(
     methods: list[str] | None = None,
     resume: bool = False,
     jobs: int = 1,
+    alphas_from: dict[str, float | None] | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark; print and return the table (and write JSON to ``out``).
+
+    With ``alphas_from`` (method → alpha, e.g. what the 500-step sweep chose), each listed
+    method sweeps its learning rate at that alpha only: a longer budget re-chooses the
+    learning rate, not the scale.
 
     With ``resume``, the sweeps and runs already recorded in ``out`` (same protocol) are
     kept and only the missing ones are run. With ``jobs > 1`` that many runs train at
@@ -505,6 +510,11 @@ def run(
         flush=True,
     )
 
+    def alphas_of(m: str) -> tuple[float | None, ...]:
+        if alphas_from is not None and m in alphas_from:
+            return (alphas_from[m],)
+        return METHODS[m].alphas
+
     sweep_rows: list[dict[str, Any]] = []
     lrs = {m: spec.lr for m, spec in METHODS.items()}
     alphas = {m: spec.alpha for m, spec in METHODS.items()}
@@ -526,6 +536,7 @@ def run(
             "learning_rates": {m: lrs[m] for m in methods},
             "alphas": {m: alphas[m] for m in methods},
             "methods": {m: asdict(METHODS[m]) for m in methods},
+            "alphas_from": alphas_from,
             "sweep": sweep_rows,
             "runs": [asdict(r) for r in runs],
             "table": _summary(runs) if runs else [],
@@ -572,7 +583,7 @@ def run(
         todo = [
             (m, 0, lr, alpha, n_sweep)
             for m in methods
-            for alpha in METHODS[m].alphas
+            for alpha in alphas_of(m)
             for lr in METHODS[m].lrs
             if not swept(m, lr, alpha)
         ]
@@ -605,7 +616,7 @@ def run(
         for m in methods:  # the best holdout accuracy; ties go to the first in grid order
             rows = [
                 row
-                for alpha in METHODS[m].alphas
+                for alpha in alphas_of(m)
                 for lr in METHODS[m].lrs
                 for row in swept(m, lr, alpha)
             ]
@@ -836,6 +847,13 @@ def main(argv: list[str] | None = None) -> int:
         help="print the Markdown section for the docs from a results file, then exit",
     )
     p.add_argument(
+        "--alphas-from",
+        metavar="RESULTS.json",
+        default=None,
+        help="sweep each method's learning rate at the alpha chosen in this results file "
+        "(e.g. the 500-step run, for --steps 1500)",
+    )
+    p.add_argument(
         "--export",
         nargs="+",
         metavar="FILE",
@@ -870,6 +888,9 @@ def main(argv: list[str] | None = None) -> int:
             jobs=a.jobs,
             steps=a.steps,
             one_seed=a.one_seed,
+            alphas_from=(
+                json.loads(Path(a.alphas_from).read_text())["alphas"] if a.alphas_from else None
+            ),
         )
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
