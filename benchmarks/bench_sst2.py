@@ -111,6 +111,16 @@ METHODS: dict[str, Method] = {
     "LoRTA r=8 scaled, heads split in": Method(
         "cptensor", SCALED_LRS, (16.0,), SEEDS_MANY, 8e-3, 16.0, init="scaled", head_split="in"
     ),
+    "LoRTA r=8 scaled + LoRA+ x4": Method(
+        "cptensor",
+        SCALED_LRS,
+        (16.0,),
+        SEEDS_MANY,
+        8e-3,
+        16.0,
+        init="scaled",
+        lr_ratios=COEFFICIENTS_X4,
+    ),
     "LoRTA r=8 scaled, clipped": Method(
         "cptensor", SCALED_LRS, (16.0,), SEEDS_MANY, 4e-3, 16.0, init="scaled", max_grad_norm=1.0
     ),
