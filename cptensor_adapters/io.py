@@ -207,6 +207,20 @@ def _header(file: Path) -> tuple[SafetensorsFile, dict[str, tuple[tuple[int, ...
 _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 
 
+def _check_keys(expected: set[str], found: set[str], file: Path) -> None:
+    """The tensors ``found`` in ``file`` are exactly those its config implies."""
+    missing, extra = sorted(expected - found), sorted(found - expected)
+    if missing:
+        raise CPTensorError(
+            f"path: {file} does not match its config: tensor {missing[0]!r} is missing "
+            f"({len(missing)} missing in all)"
+        )
+    if extra:
+        raise CPTensorError(
+            f"path: {file} holds unexpected tensors {extra[:5]} (not in its config)"
+        )
+
+
 def _check_factors(
     header: dict[str, tuple[tuple[int, ...], str]],
     plans: list[Any],
@@ -218,17 +232,7 @@ def _check_factors(
     expected = {
         f"groups.{p.index}.{mode}": (size, r) for p in plans for mode, size in zip(p.modes, p.shape)
     }
-    found = {k for k in header if k.startswith("groups.")}
-    missing, extra = sorted(set(expected) - found), sorted(found - set(expected))
-    if missing:
-        raise CPTensorError(
-            f"path: {file} does not match its config: tensor {missing[0]!r} is missing "
-            f"({len(missing)} missing in all)"
-        )
-    if extra:
-        raise CPTensorError(
-            f"path: {file} holds unexpected tensors {extra[:5]} (not in its config)"
-        )
+    _check_keys(set(expected), {k for k in header if k.startswith("groups.")}, file)
     for key, shape in expected.items():
         got, dtype = header[key]
         if got != shape:
@@ -434,17 +438,7 @@ def load_adapter(
 def _copy_into(model: nn.Module, name: str, tensors: dict[str, torch.Tensor], where: Path) -> None:
     expected = _adapter_parameters(model, name)
     file = where / ADAPTER_WEIGHTS
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    if missing:
-        raise CPTensorError(
-            f"path: {file} does not match its config: tensor {missing[0]!r} is missing "
-            f"({len(missing)} missing in all)"
-        )
-    if extra:
-        raise CPTensorError(
-            f"path: {file} holds unexpected tensors {extra[:5]} (not in its config)"
-        )
+    _check_keys(set(expected), set(tensors), file)
     for key, p in expected.items():
         t = tensors[key]
         if tuple(t.shape) != tuple(p.shape):
