@@ -30,10 +30,14 @@ _ARGUMENT = re.compile(r"^([A-Za-z_][\w.\[\]'\"-]*)[:\s]")
 class CPTensorError(ValueError):
     """Bad input to ``cptensor`` or ``cptensor_adapters``; the message names the argument.
 
-    Attributes:
-        argument: the argument, field or file the message starts with (``None`` when it
-            does not start with one).
+    Attributes
+    ----------
+    argument : str or None
+        the argument, field or file the message starts with (``None`` when it
+        does not start with one).
 
+    Examples
+    --------
     >>> CPTensorError("rank: expected an integer >= 1, got 0").argument
     'rank'
     """

@@ -213,9 +213,13 @@ def replaced_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     in a sibling ``.<name>.*.old`` directory and ``path`` missing. If the body raises, the
     new directory is removed and ``path`` is untouched.
 
-    Raises:
-        FileExistsError: ``path`` exists and is not a directory.
+    Raises
+    ------
+    FileExistsError
+        ``path`` exists and is not a directory.
 
+    Examples
+    --------
     >>> import tempfile
     >>> d = Path(tempfile.mkdtemp()) / "adapter"
     >>> with replaced_directory(d) as tmp:
@@ -338,10 +342,14 @@ class SafetensorsFile:
     tensors overlapping, header length bounded — and each tensor is then memory-mapped on
     demand (no copy). Opening never blocks (a FIFO is refused).
 
-    Raises:
-        CPTensorError: not a regular file, or a header that fails a check (the message
-            names the file and what is wrong).
+    Raises
+    ------
+    CPTensorError
+        not a regular file, or a header that fails a check (the message
+        names the file and what is wrong).
 
+    Examples
+    --------
     >>> import numpy as np, tempfile, os
     >>> from safetensors.numpy import save_file
     >>> path = os.path.join(tempfile.mkdtemp(), "w.safetensors")
@@ -431,11 +439,16 @@ def read_regular_file(
     Opened without blocking (a FIFO or a device never hangs the reader) and checked on the
     open descriptor, so the file cannot be swapped between the check and the read.
 
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: ``path`` is not a regular file, or is larger than ``max_bytes``; the
-            message starts with ``what`` and names the file.
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ValueError
+        ``path`` is not a regular file, or is larger than ``max_bytes``; the
+        message starts with ``what`` and names the file.
 
+    Examples
+    --------
     >>> import tempfile
     >>> p = Path(tempfile.mkdtemp()) / "c.json"
     >>> _ = p.write_text("{}")

@@ -11,15 +11,16 @@ Training aids: the initialisations of :mod:`cptensor_adapters.inits`, per-factor
 learning rates and CP preconditioning (:func:`create_optimizer`), and a gradient-aligned
 start (:func:`gradient_init`).
 
-Example:
-    >>> import torch
-    >>> from transformers import BertConfig, BertModel
-    >>> import cptensor_adapters as cpa
-    >>> model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2,
-    ...                              num_attention_heads=4, intermediate_size=64))
-    >>> model = cpa.attach(model, cpa.AdapterConfig(r=4, layout="lorta"))
-    >>> cpa.parameter_report(model)["default"].formula
-    '4·(32 + 8 + 4 + 2 + 4) = 200'
+Examples
+--------
+>>> import torch
+>>> from transformers import BertConfig, BertModel
+>>> import cptensor_adapters as cpa
+>>> model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2,
+...                              num_attention_heads=4, intermediate_size=64))
+>>> model = cpa.attach(model, cpa.AdapterConfig(r=4, layout="lorta"))
+>>> cpa.parameter_report(model)["default"].formula
+'4·(32 + 8 + 4 + 2 + 4) = 200'
 """
 
 # The package is imported lazily (PEP 562): ``cptensor_adapters.cli`` and the CP commands

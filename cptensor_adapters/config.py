@@ -30,42 +30,60 @@ _DTYPES = {
 class AdapterConfig:
     """Configuration of one CP-factored adapter.
 
-    Args:
-        r: CP rank (number of components), ``>= 1``.
-        alpha: the update is scaled by ``alpha / r`` (as LoRA's ``lora_alpha``).
-        dropout: dropout probability on the adapter's input, in ``[0, 1)``.
-        layout: ``"lorta"``, ``"lora"``, ``"layer_shared"``, a :class:`~cptensor_adapters.Layout`
-            or a dict ``{"modes": [...], "groups": [...]}``.
-        targets: ``None`` (attention Q, K, V, O), a list of matrix/module names, or a regex
-            (see :meth:`WeightGrid.from_model <cptensor_adapters.WeightGrid.from_model>`).
-        head_split: ``"auto"`` (Q, K, V heads split the output, O the input), ``"out"``,
-            ``"in"``, or a dict matrix → side.
-        init: one of :data:`~cptensor_adapters.inits.INITS`; the distribution of every
-            factor is in :mod:`cptensor_adapters.inits` (``"reference"`` is the paper's code).
-        seed: seed of the initialisation (same seed, same factors).
-        factor_dtype: ``"float32"``, ``"float64"``, ``"float16"``, ``"bfloat16"`` or
-            ``None``: float32 when the targets are float16/bfloat16, else their dtype.
-        modules_to_save: module names (exact or dotted suffix) trained in full beside the
-            adapter, e.g. ``["classifier"]``.
-        roles: module-name suffix → ``"q"|"k"|"v"|"o"`` for architectures this library
-            does not know (see :meth:`WeightGrid.from_model`).
-        num_heads: number of attention heads, when the model's config does not say it.
-        num_kv_heads: number of key/value heads (grouped-query attention), likewise.
-        head_dim: size of one head, likewise.
+    Parameters
+    ----------
+    r : int
+        CP rank (number of components), ``>= 1``.
+    alpha : float
+        the update is scaled by ``alpha / r`` (as LoRA's ``lora_alpha``).
+    dropout : float
+        dropout probability on the adapter's input, in ``[0, 1)``.
+    layout : str or Layout or dict
+        ``"lorta"``, ``"lora"``, ``"layer_shared"``, a :class:`~cptensor_adapters.Layout`
+        or a dict ``{"modes": [...], "groups": [...]}``.
+    targets : list of str or str, optional
+        ``None`` (attention Q, K, V, O), a list of matrix/module names, or a regex
+        (see :meth:`WeightGrid.from_model <cptensor_adapters.WeightGrid.from_model>`).
+    head_split : str or dict of str to str
+        ``"auto"`` (Q, K, V heads split the output, O the input), ``"out"``,
+        ``"in"``, or a dict matrix → side.
+    init : str
+        one of :data:`~cptensor_adapters.inits.INITS`; the distribution of every
+        factor is in :mod:`cptensor_adapters.inits` (``"reference"`` is the paper's code).
+    seed : int
+        seed of the initialisation (same seed, same factors).
+    factor_dtype : str, optional
+        ``"float32"``, ``"float64"``, ``"float16"``, ``"bfloat16"`` or
+        ``None``: float32 when the targets are float16/bfloat16, else their dtype.
+    modules_to_save : list of str, optional
+        module names (exact or dotted suffix) trained in full beside the
+        adapter, e.g. ``["classifier"]``.
+    roles : dict of str to str, optional
+        module-name suffix → ``"q"|"k"|"v"|"o"`` for architectures this library
+        does not know (see :meth:`WeightGrid.from_model`).
+    num_heads : int, optional
+        number of attention heads, when the model's config does not say it.
+    num_kv_heads : int, optional
+        number of key/value heads (grouped-query attention), likewise.
+    head_dim : int, optional
+        size of one head, likewise.
 
-    Raises:
-        ValueError: a field out of range, naming the field, the value and what was expected.
+    Raises
+    ------
+    ValueError
+        a field out of range, naming the field, the value and what was expected.
 
-    Example:
-        >>> cfg = AdapterConfig(r=4, layout="lora", targets=["q", "v"])
-        >>> AdapterConfig.from_json(cfg.to_json()) == cfg
-        True
-        >>> cfg.scaling
-        2.0
-        >>> AdapterConfig(r=0)
-        Traceback (most recent call last):
-        ...
-        cptensor.errors.CPTensorError: r: expected an integer >= 1, got 0
+    Examples
+    --------
+    >>> cfg = AdapterConfig(r=4, layout="lora", targets=["q", "v"])
+    >>> AdapterConfig.from_json(cfg.to_json()) == cfg
+    True
+    >>> cfg.scaling
+    2.0
+    >>> AdapterConfig(r=0)
+    Traceback (most recent call last):
+    ...
+    cptensor.errors.CPTensorError: r: expected an integer >= 1, got 0
     """
 
     r: int = 8
@@ -185,9 +203,10 @@ class AdapterConfig:
     def dtype_for(self, weight_dtype: torch.dtype) -> torch.dtype:
         """Factor dtype for targets whose weights have ``weight_dtype``.
 
-        Example:
-            >>> AdapterConfig().dtype_for(torch.bfloat16)
-            torch.float32
+        Examples
+        --------
+        >>> AdapterConfig().dtype_for(torch.bfloat16)
+        torch.float32
         """
         if self.factor_dtype is not None:
             return _DTYPES[self.factor_dtype]
@@ -204,8 +223,10 @@ class AdapterConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> AdapterConfig:
         """Build from :meth:`to_dict` output; unknown keys are an error.
 
-        Raises:
-            ValueError: a key this version does not know.
+        Raises
+        ------
+        ValueError
+            a key this version does not know.
         """
         known = {f.name for f in fields(cls) if f.init}
         unknown = sorted(set(data) - known)
@@ -227,9 +248,10 @@ class AdapterConfig:
     def replace(self, **changes: Any) -> AdapterConfig:
         """A copy with some fields changed (the original is not modified).
 
-        Example:
-            >>> AdapterConfig(r=4).replace(r=16).r
-            16
+        Examples
+        --------
+        >>> AdapterConfig(r=4).replace(r=16).r
+        16
         """
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
         data.update(changes)

@@ -32,13 +32,14 @@ init              ``out`` factor          ``in`` factor          ``head``, ``lay
   under ``"default"`` the three coefficient factors shrink its growth by their product
   (RMS ``(1/√(3r))³``, 0.0085 at ``r = 8``).
 
-Example:
-    >>> factor_bound("reference", "head", 12, r=8)  # √(6/8)
-    0.8660254037844386
-    >>> factor_bound("scaled", "out", 384, r=8)  # 1/√384
-    0.05103103630798288
-    >>> factor_bound("default", "in", 32, r=8) is None  # zero
-    True
+Examples
+--------
+>>> factor_bound("reference", "head", 12, r=8)  # √(6/8)
+0.8660254037844386
+>>> factor_bound("scaled", "out", 384, r=8)  # 1/√384
+0.05103103630798288
+>>> factor_bound("default", "in", 32, r=8) is None  # zero
+True
 """
 
 from __future__ import annotations
@@ -68,18 +69,26 @@ def factor_bound(init: str, mode: str, size: int, r: int) -> float | None:
     """The bound ``b`` of the uniform distribution ``U(−b, b)`` of one factor's entries, or
     ``None`` when the factor starts at zero.
 
-    Args:
-        init: one of :data:`INITS`.
-        mode: ``"out"``, ``"in"``, ``"head"``, ``"layer"`` or ``"matrix"``.
-        size: the factor's number of rows (the mode's size).
-        r: the rank (the factor's number of columns).
+    Parameters
+    ----------
+    init : str
+        one of :data:`INITS`.
+    mode : str
+        ``"out"``, ``"in"``, ``"head"``, ``"layer"`` or ``"matrix"``.
+    size : int
+        the factor's number of rows (the mode's size).
+    r : int
+        the rank (the factor's number of columns).
 
-    Raises:
-        ValueError: an unknown ``init`` or ``mode``, or sizes below 1.
+    Raises
+    ------
+    ValueError
+        an unknown ``init`` or ``mode``, or sizes below 1.
 
-    Example:
-        >>> round(factor_bound("default", "layer", 6, r=4), 12)  # 1/√4
-        0.5
+    Examples
+    --------
+    >>> round(factor_bound("default", "layer", 6, r=4), 12)  # 1/√4
+    0.5
     """
     if init not in INITS:
         raise CPTensorError(f"init: expected one of {INITS}, got {init!r}")
@@ -116,11 +125,12 @@ def draw_factor(
     ``generator``), so ``"reference"`` repeats the paper's calls exactly, given the same
     generator state.
 
-    Example:
-        >>> g = torch.Generator().manual_seed(0)
-        >>> f = draw_factor("scaled", "head", (12, 8), g)
-        >>> bool(f.abs().max() <= 3 ** 0.5), tuple(f.shape)
-        (True, (12, 8))
+    Examples
+    --------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> f = draw_factor("scaled", "head", (12, 8), g)
+    >>> bool(f.abs().max() <= 3 ** 0.5), tuple(f.shape)
+    (True, (12, 8))
     """
     size, r = shape
     bound = factor_bound(init, mode, size, r)
