@@ -48,13 +48,14 @@ __all__ = ["main", "parse_ranks"]
 
 # -- subcommands ------------------------------------------------------------------------
 def _report_summary(rep: Any, out: Path) -> str:
-    lines = [f"delta of shape {rep.shape} (d, d_h, H, L, M), norm {rep.norm:.4g}"]
+    tensors = "; ".join(f"{g} {s}" for g, s in zip(rep.groups, rep.shapes))
+    lines = [f"delta as {len(rep.shapes)} CP tensor(s) ({tensors}), norm {rep.norm:.4g}"]
     lines += [f"  {n}" for n in rep.notes]
     lines.append("rank  parameters  energy captured  core consistency")
     for r in rep.cp_rows:
-        cc = r["core_consistency"]
+        cc = r.core_consistency
         lines.append(
-            f"{r['rank']:>4}  {r['parameters']:>10,}  {100 * r['energy']:>14.2f}%  "
+            f"{r.rank:>4}  {r.parameters:>10,}  {100 * r.energy:>14.2f}%  "
             f"{'n/a' if not math.isfinite(cc) else f'{cc:.1f}':>16}"
         )
     lines.append(f"wrote {out}/report.md, report.json and figures")
@@ -65,7 +66,8 @@ def _analyze_and_report(args: argparse.Namespace, delta: Any, ranks: list[int], 
     """The end of ``analyze`` and ``analyze-adapter``: sweep, save the report, print it."""
     from .deltas import analyze_delta
 
-    check_rank_range(ranks, delta.shape)
+    for plan in delta.plans:
+        check_rank_range(ranks, plan.shape)
     rep = analyze_delta(
         delta,
         ranks,

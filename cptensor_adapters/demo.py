@@ -348,19 +348,19 @@ def run_demo(
         report.save(out)
         for r in report.cp_rows:
             say(
-                f"  a LoRTA CP of rank {r['rank']:>2} ({r['parameters']:>6,} parameters) captures "
-                f"{100 * r['energy']:5.1f}% of the delta's energy; per-matrix SVD with as many "
-                f"parameters: {100 * r['svd_energy_same_parameters']:5.1f}%"
+                f"  a LoRTA CP of rank {r.rank:>2} ({r.parameters:>6,} parameters) captures "
+                f"{100 * r.energy:5.1f}% of the delta's energy; per-matrix SVD with as many "
+                f"parameters: {100 * r.svd_energy_same_parameters:5.1f}%"
             )
         for e in report.energy_table:
             cp = (
                 "not reached by the swept ranks"
-                if e["cp_parameters"] is None
-                else f"{e['cp_parameters']:,} (CP rank {e['cp_rank']})"
+                if e.cp_parameters is None
+                else f"{e.cp_parameters:,} (CP rank {e.cp_rank})"
             )
             say(
-                f"  to capture {100 * e['energy']:.0f}% of the delta's energy: LoRA needs "
-                f"{e['lora_svd_parameters']:,} parameters (per-matrix SVD), LoRTA {cp}"
+                f"  to capture {100 * e.energy:.0f}% of the delta's energy: LoRA needs "
+                f"{e.lora_svd_parameters:,} parameters (per-matrix SVD), LoRTA {cp}"
             )
 
     _plot_losses(results, out)

@@ -23,7 +23,8 @@ from torch import nn
 from cptensor.errors import CPTensorError, CPTensorTypeError
 
 from .inits import factor_bound
-from .modules import AdapterFactors, CPAdapterLayer, target_block
+from .layout import group_tensor
+from .modules import AdapterFactors, CPAdapterLayer
 
 __all__ = ["gradient_init"]
 
@@ -85,29 +86,8 @@ def _target_gradients(
 
 
 def _group_tensor(plan: Any, grads: Mapping[str, torch.Tensor], dtype: torch.dtype) -> Any:
-    """The negated gradient of one CP group as a tensor of the group's modes: the dense
-    block itself when the group has no ``layer``/``matrix`` mode, else a BlockTensor."""
-    from cptensor import BlockTensor
-
-    block_axes = [m for m in ("out", "in", "head") if m in plan.modes]
-    block_modes = tuple(plan.modes.index(m) for m in block_axes)
-    grid_modes = [i for i in range(len(plan.modes)) if i not in block_modes]
-    blocks: dict[tuple[int, ...], torch.Tensor] = {}
-    for m in plan.members:
-        block = -target_block(grads[m.target], m.split, m.heads, m.head_dim).to(dtype)
-        if "head" in plan.modes and m.split is None:  # pragma: no cover - plan gives a split
-            block = block.unsqueeze(-1)
-        key = tuple(m.index[plan.modes[i]] for i in grid_modes)
-        blocks[key] = block
-    if not grid_modes:
-        return blocks[()]
-    sizes = tuple(plan.shape[i] for i in block_modes)
-    zero = next(iter(blocks.values())).new_zeros(sizes)
-
-    def read(key: tuple[int, ...]) -> torch.Tensor:
-        return blocks.get(key, zero)
-
-    return BlockTensor(plan.shape, block_modes, read)
+    """The negated gradient of one CP group, laid out as the group's CP tensor."""
+    return group_tensor(plan, lambda m: -grads[m.target].to(dtype))
 
 
 @torch.no_grad()
@@ -149,42 +129,54 @@ def gradient_init(
     get ``requires_grad`` only while the gradient is taken, and no parameter's ``.grad``
     is changed.
 
-    Args:
-        model: a model with adapter ``name`` attached (not merged).
-        batches: keyword arguments of the forward pass, one mapping per batch (with
-            ``labels`` for a Hugging Face model, whose output then carries ``loss``).
-        name: the adapter.
-        loss: ``loss(model, batch)`` → scalar tensor; default ``model(**batch).loss``.
-        max_iter: ALS sweeps of each fit.
-        seed: seed of the fit's random start (default: the config's seed).
+    Parameters
+    ----------
+    model : torch.nn.Module
+        a model with adapter ``name`` attached (not merged).
+    batches : iterable of mapping of str to Any
+        keyword arguments of the forward pass, one mapping per batch (with
+        ``labels`` for a Hugging Face model, whose output then carries ``loss``).
+    name : str
+        the adapter.
+    loss : callable, optional
+        ``loss(model, batch)`` → scalar tensor; default ``model(**batch).loss``.
+    max_iter : int
+        ALS sweeps of each fit.
+    seed : int, optional
+        seed of the fit's random start (default: the config's seed).
 
-    Returns:
+    Returns
+    -------
+    list of cptensor.CPFit
         The :class:`cptensor.CPFit` of each CP group (how much of the gradient a rank-``r``
         CP captures: ``fit``).
 
-    Raises:
-        ValueError: no adapter ``name``, an adapter under ``init="random"`` (no zero
-            factor), a merged adapter, no batch, or a non-finite loss.
+    Raises
+    ------
+    ValueError
+        no adapter ``name``, an adapter under ``init="random"`` (no zero
+        factor), a merged adapter, no batch, or a non-finite loss.
 
-    Example:
-        >>> from transformers import BertConfig, BertForSequenceClassification
-        >>> from cptensor_adapters import AdapterConfig, attach
-        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-        <torch._C.Generator object at ...>
-        >>> model = attach(BertForSequenceClassification(BertConfig(hidden_size=32,
-        ...     num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)),
-        ...     AdapterConfig(r=2, init="scaled"))
-        >>> batch = {"input_ids": torch.randint(0, 100, (4, 6)),
-        ...          "labels": torch.tensor([0, 1, 1, 0])}
-        >>> fits = gradient_init(model.eval(), [batch])
-        >>> len(fits), 0.0 < fits[0].fit <= 1.0
-        (1, True)
+    Examples
+    --------
+    >>> from transformers import BertConfig, BertForSequenceClassification
+    >>> from cptensor_adapters import AdapterConfig, attach
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> model = attach(BertForSequenceClassification(BertConfig(hidden_size=32,
+    ...     num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)),
+    ...     AdapterConfig(r=2, init="scaled"))
+    >>> batch = {"input_ids": torch.randint(0, 100, (4, 6)),
+    ...          "labels": torch.tensor([0, 1, 1, 0])}
+    >>> fits = gradient_init(model.eval(), [batch])
+    >>> len(fits), 0.0 < fits[0].fit <= 1.0
+    (1, True)
     """
     from cptensor import fit_als
 
-    from .model import _require_adapter
+    from .model import require_adapter
 
-    adapter = _require_adapter(model, name)
+    adapter = require_adapter(model, name)
     if factor_bound(adapter.config.init, "in", 1, 1) is not None and (
         factor_bound(adapter.config.init, "out", 1, 1) is not None
     ):

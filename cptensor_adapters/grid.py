@@ -72,25 +72,37 @@ _ARCH_OF_SUFFIX = {
 class Target:
     """One adapted weight matrix, described in ``Linear`` orientation (``out × in``).
 
-    Attributes:
-        name: unique name: the module path, plus ``":q"``/``":k"``/``":v"`` for the slices
-            of a fused module (GPT-2 ``c_attn``).
-        module: path of the module that holds the weight.
-        layer: layer number (first integer component of the module path).
-        matrix: ``"q"``, ``"k"``, ``"v"``, ``"o"``, or the module path inside its layer.
-        in_features, out_features: shape of the weight in ``Linear`` orientation.
-        heads: number of heads along :attr:`head_side` (``num_kv_heads`` for K and V under
-            grouped-query attention); 0 for a target without head structure.
-        head_dim: size of one head; 0 without head structure.
-        head_side: the side the heads split naturally: ``"out"`` for Q, K, V (heads are
-            output rows), ``"in"`` for O; ``None`` without head structure.
-        storage: ``"linear"`` (weight ``out × in``) or ``"conv1d"`` (weight ``in × out``).
-        out_offset: first row of this target in the module's output (fused modules).
+    Attributes
+    ----------
+    name : str
+        unique name: the module path, plus ``":q"``/``":k"``/``":v"`` for the slices
+        of a fused module (GPT-2 ``c_attn``).
+    module : str
+        path of the module that holds the weight.
+    layer : int
+        layer number (first integer component of the module path).
+    matrix : str
+        ``"q"``, ``"k"``, ``"v"``, ``"o"``, or the module path inside its layer.
+    in_features, out_features : int
+        shape of the weight in ``Linear`` orientation.
+    heads : int
+        number of heads along :attr:`head_side` (``num_kv_heads`` for K and V under
+        grouped-query attention); 0 for a target without head structure.
+    head_dim : int
+        size of one head; 0 without head structure.
+    head_side : {"out", "in"} or None
+        the side the heads split naturally: ``"out"`` for Q, K, V (heads are
+        output rows), ``"in"`` for O; ``None`` without head structure.
+    storage : {"linear", "conv1d"}
+        ``"linear"`` (weight ``out × in``) or ``"conv1d"`` (weight ``in × out``).
+    out_offset : int
+        first row of this target in the module's output (fused modules).
 
-    Example:
-        >>> t = Target("l.0.q", "l.0.q", 0, "q", 8, 8, heads=2, head_dim=4, head_side="out")
-        >>> t.side_size("out"), t.heads_on("in")
-        (8, 2)
+    Examples
+    --------
+    >>> t = Target("l.0.q", "l.0.q", 0, "q", 8, 8, heads=2, head_dim=4, head_side="out")
+    >>> t.side_size("out"), t.heads_on("in")
+    (8, 2)
     """
 
     name: str
@@ -187,11 +199,27 @@ def _weight_shape(module: nn.Module) -> tuple[int, int, Storage]:
     raise CPTensorTypeError(f"unsupported module type {type(module).__name__}")
 
 
+#: Module names of GPT-2's ``Conv1D`` projections (weights stored ``in × out``); how
+#: :meth:`WeightGrid.from_shapes` tells their storage from a checkpoint's tensor names.
+_CONV1D_NAMES = frozenset({"c_attn", "c_proj", "c_fc"})
+
+
+@dataclass(frozen=True)
+class _Weight:
+    """A weight matrix as discovery sees it: path, ``Linear``-oriented shape, storage."""
+
+    path: str
+    out_features: int
+    in_features: int
+    storage: Storage
+
+
 #: Name of the class attribute by which adapter modules tell the grid what they are.
 WRAPPER_ROLE = "cp_adapter_role"
 
 
-def _suffix_match(path: str, key: str) -> bool:
+def suffix_match(path: str, key: str) -> bool:
+    """Whether module ``path`` is ``key`` or ends with ``"." + key`` (PEFT's name rule)."""
     return path == key or path.endswith("." + key)
 
 
@@ -218,8 +246,10 @@ def iter_weight_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 
 def _config_int(config: Any, *names: str) -> int | None:
+    """The first of ``names`` that ``config`` (a transformers config or a ``config.json``
+    dict) sets to a positive integer."""
     for n in names:
-        v = getattr(config, n, None)
+        v = config.get(n) if isinstance(config, Mapping) else getattr(config, n, None)
         if isinstance(v, int) and not isinstance(v, bool) and v > 0:
             return v
     return None
@@ -229,23 +259,31 @@ def _config_int(config: Any, *names: str) -> int | None:
 class WeightGrid:
     """The adapted weights of a model and their geometry.
 
-    Attributes:
-        architecture: ``"bert"``, ``"gpt2"``, ``"llama"`` or ``"custom"``.
-        targets: the adapted weights, ordered by layer then matrix (q, k, v, o, others).
-        hidden_size: model width ``d`` (``None`` if unknown).
-        num_heads: attention heads ``H`` (``None`` without attention targets).
-        num_kv_heads: key/value heads (``< num_heads`` under grouped-query attention).
-        head_dim: ``d_h``.
+    Attributes
+    ----------
+    architecture : str
+        ``"bert"``, ``"gpt2"``, ``"llama"`` or ``"custom"``.
+    targets : tuple of Target
+        the adapted weights, ordered by layer then matrix (q, k, v, o, others).
+    hidden_size : int or None
+        model width ``d`` (``None`` if unknown).
+    num_heads : int or None
+        attention heads ``H`` (``None`` without attention targets).
+    num_kv_heads : int or None
+        key/value heads (``< num_heads`` under grouped-query attention).
+    head_dim : int or None
+        ``d_h``.
 
-    Example:
-        >>> from transformers import BertConfig, BertModel
-        >>> model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2,
-        ...                              num_attention_heads=4, intermediate_size=64))
-        >>> grid = WeightGrid.from_model(model)
-        >>> grid.architecture, grid.num_layers, grid.matrices, grid.num_heads, grid.head_dim
-        ('bert', 2, ('q', 'k', 'v', 'o'), 4, 8)
-        >>> grid.targets[0].name
-        'encoder.layer.0.attention.self.query'
+    Examples
+    --------
+    >>> from transformers import BertConfig, BertModel
+    >>> model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2,
+    ...                              num_attention_heads=4, intermediate_size=64))
+    >>> grid = WeightGrid.from_model(model)
+    >>> grid.architecture, grid.num_layers, grid.matrices, grid.num_heads, grid.head_dim
+    ('bert', 2, ('q', 'k', 'v', 'o'), 4, 8)
+    >>> grid.targets[0].name
+    'encoder.layer.0.attention.self.query'
     """
 
     architecture: str
@@ -273,7 +311,7 @@ class WeightGrid:
     @property
     def matrices(self) -> tuple[str, ...]:
         """Distinct matrix names, attention roles first (q, k, v, o)."""
-        return _ordered_matrices(t.matrix for t in self.targets)
+        return ordered_matrices(t.matrix for t in self.targets)
 
     @property
     def modules(self) -> tuple[str, ...]:
@@ -300,10 +338,11 @@ class WeightGrid:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable description (what :meth:`from_dict` reads back).
 
-        Example:
-            >>> g = WeightGrid("custom", (Target("w", "w", 0, "w", 3, 2),))
-            >>> WeightGrid.from_dict(g.to_dict()) == g
-            True
+        Examples
+        --------
+        >>> g = WeightGrid("custom", (Target("w", "w", 0, "w", 3, 2),))
+        >>> WeightGrid.from_dict(g.to_dict()) == g
+        True
         """
         return {
             "architecture": self.architecture,
@@ -318,8 +357,10 @@ class WeightGrid:
     def from_dict(cls, data: Mapping[str, Any]) -> WeightGrid:
         """Inverse of :meth:`to_dict`; every field is checked for type and range.
 
-        Raises:
-            ValueError: a missing key or a value of the wrong type or range, named.
+        Raises
+        ------
+        ValueError
+            a missing key or a value of the wrong type or range, named.
         """
         if not isinstance(data, Mapping):
             raise CPTensorError(f"grid: expected a mapping, got {type(data).__name__}")
@@ -355,11 +396,12 @@ class WeightGrid:
     ) -> list[str]:
         """Human-readable list of what differs between two grids (empty if they match).
 
-        Example:
-            >>> a = WeightGrid("custom", (Target("w", "w", 0, "w", 3, 2),), hidden_size=2)
-            >>> b = WeightGrid("custom", (Target("w", "w", 0, "w", 4, 2),), hidden_size=4)
-            >>> a.differences(b, labels=("file", "model"))
-            ['hidden_size: file 2, model 4', "target 'w': in_features file 3, model 4"]
+        Examples
+        --------
+        >>> a = WeightGrid("custom", (Target("w", "w", 0, "w", 3, 2),), hidden_size=2)
+        >>> b = WeightGrid("custom", (Target("w", "w", 0, "w", 4, 2),), hidden_size=4)
+        >>> a.differences(b, labels=("file", "model"))
+        ['hidden_size: file 2, model 4', "target 'w': in_features file 3, model 4"]
         """
         la, lb = labels
         out = [
@@ -397,39 +439,156 @@ class WeightGrid:
     ) -> WeightGrid:
         """Find the targets of ``model`` and their geometry.
 
-        Args:
-            model: a ``torch.nn.Module`` (adapter wrappers already in it are seen through).
-            targets: ``None`` for the attention projections Q, K, V, O of a known
-                architecture; a list whose entries are matrix names (``"q"``, ``"k"``,
-                ``"v"``, ``"o"``) or module names matched exactly or as a dotted suffix
-                (``"query"``, ``"mlp.up_proj"``); or one string, a regular expression
-                matched against full module paths (``re.fullmatch``), as in PEFT.
-            roles: for other architectures, module-name suffix → ``"q"|"k"|"v"|"o"``: these
-                modules are attention projections with heads.
-            num_heads: number of attention heads; default from ``model.config``
-                (``num_attention_heads``/``n_head``); an explicit value wins.
-            num_kv_heads: number of key/value heads; default ``num_key_value_heads`` of
-                the config, else ``num_heads``.
-            head_dim: size of one head; default ``head_dim`` of the config, else hidden
-                size over ``num_heads``.
+        Parameters
+        ----------
+        model : torch.nn.Module
+            a ``torch.nn.Module`` (adapter wrappers already in it are seen through).
+        targets : str or list of str, optional
+            ``None`` for the attention projections Q, K, V, O of a known
+            architecture; a list whose entries are matrix names (``"q"``, ``"k"``,
+            ``"v"``, ``"o"``) or module names matched exactly or as a dotted suffix
+            (``"query"``, ``"mlp.up_proj"``); or one string, a regular expression
+            matched against full module paths (``re.fullmatch``), as in PEFT.
+        roles : mapping of str to str, optional
+            for other architectures, module-name suffix → ``"q"|"k"|"v"|"o"``: these
+            modules are attention projections with heads.
+        num_heads : int, optional
+            number of attention heads; default from ``model.config``
+            (``num_attention_heads``/``n_head``); an explicit value wins.
+        num_kv_heads : int, optional
+            number of key/value heads; default ``num_key_value_heads`` of
+            the config, else ``num_heads``.
+        head_dim : int, optional
+            size of one head; default ``head_dim`` of the config, else hidden
+            size over ``num_heads``.
 
-        Returns:
+        Returns
+        -------
+        WeightGrid
             The grid.
 
-        Raises:
-            ValueError: no attention projection found (the message lists the modules it
-                found), a target name that matches nothing, a shape that contradicts the
-                head geometry, or two targets with the same layer and matrix.
-            TypeError: ``targets`` of the wrong type.
+        Raises
+        ------
+        ValueError
+            no attention projection found (the message lists the modules it
+            found), a target name that matches nothing, a shape that contradicts the
+            head geometry, or two targets with the same layer and matrix.
+        TypeError
+            ``targets`` of the wrong type.
 
-        Example:
-            >>> from transformers import LlamaConfig, LlamaModel
-            >>> cfg = LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-            ...                   num_key_value_heads=2, intermediate_size=64, vocab_size=50)
-            >>> grid = WeightGrid.from_model(LlamaModel(cfg), targets=["k", "up_proj"])
-            >>> [(t.matrix, t.out_features, t.heads) for t in grid]
-            [('k', 16, 2), ('mlp.up_proj', 64, 0)]
+        Examples
+        --------
+        >>> from transformers import LlamaConfig, LlamaModel
+        >>> cfg = LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+        ...                   num_key_value_heads=2, intermediate_size=64, vocab_size=50)
+        >>> grid = WeightGrid.from_model(LlamaModel(cfg), targets=["k", "up_proj"])
+        >>> [(t.matrix, t.out_features, t.heads) for t in grid]
+        [('k', 16, 2), ('mlp.up_proj', 64, 0)]
         """
+        weights = [_Weight(path, *_weight_shape(mod)) for path, mod in iter_weight_modules(model)]
+        return cls._discover(
+            weights,
+            getattr(model, "config", None),
+            targets,
+            roles=roles,
+            num_heads=num_heads,
+            num_kv_heads=num_kv_heads,
+            head_dim=head_dim,
+        )
+
+    @classmethod
+    def from_shapes(
+        cls,
+        shapes: Mapping[str, Sequence[int]],
+        config: Any = None,
+        targets: str | Sequence[str] | None = None,
+        *,
+        orientation: Literal["stored", "linear"] = "stored",
+        roles: Mapping[str, str] | None = None,
+        num_heads: int | None = None,
+        num_kv_heads: int | None = None,
+        head_dim: int | None = None,
+    ) -> WeightGrid:
+        """The grid of a model known only by its weights' names and shapes (a checkpoint's
+        header, an adapter's factors) and its ``config.json``: no model is instantiated.
+
+        Discovery is that of :meth:`from_model`, on the same module paths: the grid of a
+        checkpoint equals the grid of the model it was saved from.
+
+        Parameters
+        ----------
+        shapes : mapping of str to shape
+            Tensor name → shape. Names are module paths with an optional ``.weight``;
+            tensors that are not 2-D, and names ending in anything but ``.weight`` once a
+            ``.weight`` name is present for them, are ignored. GPT-2's ``c_attn``,
+            ``c_proj`` and ``c_fc`` are ``Conv1D`` modules (weights stored ``in × out``).
+        config : mapping or transformers config, optional
+            The model's config (``config.json`` as a dict): heads, key/value heads, hidden
+            size and head size, as :meth:`from_model` reads ``model.config``.
+        targets : str or list of str, optional
+            As in :meth:`from_model`.
+        orientation : {"stored", "linear"}
+            ``"stored"``: shapes as the checkpoint stores the weights (``Conv1D``
+            transposed); ``"linear"``: shapes already ``(out, in)``, as LoRA factors give
+            them (``B.shape[0], A.shape[1]``).
+        roles, num_heads, num_kv_heads, head_dim
+            As in :meth:`from_model`.
+
+        Returns
+        -------
+        WeightGrid
+
+        Raises
+        ------
+        CPTensorError
+            As :meth:`from_model`; ``orientation`` not one of the two values.
+
+        Examples
+        --------
+        >>> cfg = {"num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 32}
+        >>> names = {f"model.layers.{l}.self_attn.{m}_proj.weight": (16 if m in "kv" else 32, 32)
+        ...          for l in range(2) for m in "qkvo"}
+        >>> grid = WeightGrid.from_shapes(names, cfg)
+        >>> grid.architecture, grid.num_layers, grid.num_kv_heads, grid.targets[1].out_features
+        ('llama', 2, 2, 16)
+        """
+        if orientation not in ("stored", "linear"):
+            raise CPTensorError(f"orientation: expected 'stored' or 'linear', got {orientation!r}")
+        weights: dict[str, _Weight] = {}
+        for name, shape in shapes.items():
+            path = name.removesuffix(".weight")
+            if len(shape) != 2:
+                continue
+            if path in weights:
+                raise CPTensorError(f"shapes: {path!r} is given twice (with and without .weight)")
+            storage: Storage = "conv1d" if path.rsplit(".", 1)[-1] in _CONV1D_NAMES else "linear"
+            rows, cols = (int(shape[0]), int(shape[1]))
+            if storage == "conv1d" and orientation == "stored":
+                rows, cols = cols, rows
+            weights[path] = _Weight(path, rows, cols, storage)
+        return cls._discover(
+            list(weights.values()),
+            config,
+            targets,
+            roles=roles,
+            num_heads=num_heads,
+            num_kv_heads=num_kv_heads,
+            head_dim=head_dim,
+        )
+
+    @classmethod
+    def _discover(
+        cls,
+        weights: Sequence[_Weight],
+        config: Any,
+        targets: str | Sequence[str] | None,
+        *,
+        roles: Mapping[str, str] | None,
+        num_heads: int | None,
+        num_kv_heads: int | None,
+        head_dim: int | None,
+    ) -> WeightGrid:
+        """The grid of ``weights`` (what :meth:`from_model` and :meth:`from_shapes` find)."""
         if targets is not None and not isinstance(targets, (str, list, tuple)):
             raise CPTensorTypeError(
                 f"targets: expected None, a regex string or a list of names, got "
@@ -450,7 +609,6 @@ class WeightGrid:
                         f"roles: {k!r} maps to {v!r}; expected one of {list(ATTENTION_ROLES)}"
                     )
                 role_map[k] = v
-        config = getattr(model, "config", None)
         H = num_heads or _config_int(config, "num_attention_heads", "n_head", "num_heads")
         H_kv = num_kv_heads or _config_int(config, "num_key_value_heads", "num_kv_heads") or H
         d = _config_int(config, "hidden_size", "n_embd", "d_model")
@@ -458,19 +616,19 @@ class WeightGrid:
         if d_h is None and H and d and d % H == 0:
             d_h = d // H
 
-        modules = list(iter_weight_modules(model))
-        # 1. classify every weight module: attention role(s) or generic
-        entries: list[tuple[str, nn.Module, tuple[str, ...] | None]] = []
+        # 1. classify every weight: attention role(s) or generic
+        entries: list[tuple[str, _Weight, tuple[str, ...] | None]] = []
         arch = "custom"
-        for path, mod in modules:
+        for mod in weights:
+            path = mod.path
             roles_here: tuple[str, ...] | None = None
             for suffix, fused in _FUSED.items():
-                if _suffix_match(path, suffix) and _is_conv1d(mod):
+                if suffix_match(path, suffix) and mod.storage == "conv1d":
                     roles_here = fused
                     arch = _ARCH_OF_SUFFIX.get(suffix, arch)
             if roles_here is None:
                 for suffix, role in role_map.items():
-                    if _suffix_match(path, suffix):
+                    if suffix_match(path, suffix):
                         roles_here = (role,)
                         if suffix in _ARCH_OF_SUFFIX:
                             arch = _ARCH_OF_SUFFIX[suffix]
@@ -479,7 +637,7 @@ class WeightGrid:
         attention = [e for e in entries if e[2] is not None]
 
         # 2. select
-        selected: list[tuple[str, nn.Module, tuple[str, ...] | None]] = []
+        selected: list[tuple[str, _Weight, tuple[str, ...] | None]] = []
         if targets is None:
             if not attention:
                 raise CPTensorError(
@@ -515,7 +673,7 @@ class WeightGrid:
                             prev.add(key)
                             chosen[path] = prev
                 else:
-                    hits = [e for e in entries if _suffix_match(e[0], key)]
+                    hits = [e for e in entries if suffix_match(e[0], key)]
                     for path, _, rs in hits:
                         chosen[path] = set(rs) if rs is not None else None
                 if not hits:
@@ -535,7 +693,7 @@ class WeightGrid:
         # 3. geometry (head size from a Q or O weight when no config gives it)
         if d_h is None and H:
             for _, mod, rs in attention:
-                out_f, in_f, _ = _weight_shape(mod)
+                out_f, in_f = mod.out_features, mod.in_features
                 assert rs is not None
                 if rs == ("q",) and out_f % H == 0:
                     d_h = out_f // H
@@ -546,7 +704,7 @@ class WeightGrid:
                     break
         found: list[Target] = []
         for path, mod, rs in selected:
-            out_f, in_f, storage = _weight_shape(mod)
+            out_f, in_f, storage = mod.out_features, mod.in_features, mod.storage
             layer = _first_int(path)
             layer = 0 if layer is None else layer
             if rs is None:
@@ -561,9 +719,9 @@ class WeightGrid:
                     f"target {path!r} is an attention projection but the head geometry is "
                     "unknown: pass num_heads= (and num_kv_heads=, head_dim= if they differ)"
                 )
-            fused = len(_fused_roles(path, mod)) > 1
+            fused = len(_fused_roles(mod)) > 1
             offset = 0
-            for role in _fused_roles(path, mod) if fused else rs:
+            for role in _fused_roles(mod) if fused else rs:
                 heads = H_kv if role in ("k", "v") else H
                 size = heads * d_h
                 if role == "o":
@@ -666,9 +824,9 @@ def _changed(a: Any, b: Any, attrs: Sequence[str]) -> list[tuple[str, Any, Any]]
     return [(attr, va, vb) for attr, va, vb in values if va != vb]
 
 
-def _fused_roles(path: str, mod: nn.Module) -> tuple[str, ...]:
+def _fused_roles(w: _Weight) -> tuple[str, ...]:
     for suffix, fused in _FUSED.items():
-        if _suffix_match(path, suffix) and _is_conv1d(mod):
+        if suffix_match(w.path, suffix) and w.storage == "conv1d":
             return fused
     return ()
 
@@ -679,7 +837,8 @@ def _matrix_order(matrix: str) -> tuple[int, str]:
     return rank, matrix
 
 
-def _ordered_matrices(names: Iterator[str] | Sequence[str]) -> tuple[str, ...]:
+def ordered_matrices(names: Iterator[str] | Sequence[str]) -> tuple[str, ...]:
+    """Distinct matrix names in grid order: q, k, v, o first, then the others by name."""
     return tuple(sorted(dict.fromkeys(names), key=_matrix_order))
 
 

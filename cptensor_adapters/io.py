@@ -28,12 +28,12 @@ from .config import AdapterConfig
 from .grid import WeightGrid
 from .layout import plan_groups
 from .model import (
-    _check_name,
-    _grid_for,
-    _require_adapter,
-    _store,
-    _update_requires_grad,
     attach,
+    check_name,
+    find_store,
+    grid_for,
+    require_adapter,
+    update_requires_grad,
 )
 from .modules import iter_save_wrappers
 
@@ -73,7 +73,7 @@ def _adapter_parameters(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
     """The tensors of adapter ``name`` under their keys in ``adapter_model.safetensors``:
     the shared factors (``groups.<i>.<mode>``) and the ``modules_to_save`` copies
     (``modules_to_save.<module path>.<parameter>``), the model's own, not copies."""
-    adapter = _require_adapter(model, name)
+    adapter = require_adapter(model, name)
     tensors: dict[str, torch.Tensor] = {}
     for i, g in enumerate(adapter.groups):
         for mode, p in g.factors.items():
@@ -99,23 +99,28 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str], name: str = "de
     the new one, never the weights of one with the config of the other. Other files in the
     directory are kept.
 
-    Returns:
+    Returns
+    -------
+    Path
         The directory, as a ``Path``.
 
-    Raises:
-        KeyError: no adapter ``name``.
+    Raises
+    ------
+    KeyError
+        no adapter ``name``.
 
-    Example:
-        >>> import tempfile
-        >>> from transformers import BertConfig, BertModel
-        >>> from cptensor_adapters import attach
-        >>> m = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
-        ...                                 num_attention_heads=4, intermediate_size=64)))
-        >>> with tempfile.TemporaryDirectory() as d:
-        ...     sorted(p.name for p in save_adapter(m, d).iterdir())
-        ['adapter_config.json', 'adapter_model.safetensors']
+    Examples
+    --------
+    >>> import tempfile
+    >>> from transformers import BertConfig, BertModel
+    >>> from cptensor_adapters import attach
+    >>> m = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
+    ...                                 num_attention_heads=4, intermediate_size=64)))
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     sorted(p.name for p in save_adapter(m, d).iterdir())
+    ['adapter_config.json', 'adapter_model.safetensors']
     """
-    adapter = _require_adapter(model, name)
+    adapter = require_adapter(model, name)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -144,10 +149,13 @@ def read_adapter_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     Only a regular file of at most 64 MiB is read (a FIFO or a device never blocks it).
 
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a file written by :func:`save_adapter`, or not valid UTF-8 JSON
-            of the expected structure (the message names the file and the field).
+    Raises
+    ------
+    FileNotFoundError
+        no such file.
+    ValueError
+        not a file written by :func:`save_adapter`, or not valid UTF-8 JSON
+        of the expected structure (the message names the file and the field).
     """
     file = Path(path) / ADAPTER_CONFIG
     raw = read_regular_file(file, "path")
@@ -251,27 +259,36 @@ def _check_factors(
 class SavedAdapter:
     """A directory written by :func:`save_adapter`, read and checked as a whole.
 
-    Attributes:
-        directory: where it was read from.
-        meta: the parsed ``adapter_config.json``.
-        config: its :class:`~cptensor_adapters.AdapterConfig`.
-        grid: the :class:`~cptensor_adapters.WeightGrid` it was saved from.
-        plans: the CP tensors (:class:`~cptensor_adapters.GroupPlan`) that config and
-            grid define (checked against the file's own ``groups`` record).
-        factors: per plan, ``{mode: tensor (size × r)}``, finite and floating,
-            memory-mapped.
-        others: the other tensors of the weights file (the ``modules_to_save`` copies,
-            ``modules_to_save.<module path>.<parameter>``), memory-mapped.
+    Attributes
+    ----------
+    directory : Path
+        where it was read from.
+    meta : dict of str to Any
+        the parsed ``adapter_config.json``.
+    config : AdapterConfig
+        its :class:`~cptensor_adapters.AdapterConfig`.
+    grid : WeightGrid
+        the :class:`~cptensor_adapters.WeightGrid` it was saved from.
+    plans : list of GroupPlan
+        the CP tensors (:class:`~cptensor_adapters.GroupPlan`) that config and
+        grid define (checked against the file's own ``groups`` record).
+    factors : list of dict of str to torch.Tensor
+        per plan, ``{mode: tensor (size × r)}``, finite and floating,
+        memory-mapped.
+    others : dict of str to torch.Tensor
+        the other tensors of the weights file (the ``modules_to_save`` copies,
+        ``modules_to_save.<module path>.<parameter>``), memory-mapped.
 
-    Example:
-        >>> import tempfile
-        >>> from transformers import GPT2Config, GPT2Model
-        >>> from cptensor_adapters import AdapterConfig, attach
-        >>> m = attach(GPT2Model(GPT2Config(n_embd=32, n_layer=2, n_head=4)), AdapterConfig(r=3))
-        >>> with tempfile.TemporaryDirectory() as d:
-        ...     saved = read_saved_adapter(save_adapter(m, d))
-        >>> saved.config.r, [p.shape for p in saved.plans], saved.others
-        (3, [(32, 8, 4, 2, 4)], {})
+    Examples
+    --------
+    >>> import tempfile
+    >>> from transformers import GPT2Config, GPT2Model
+    >>> from cptensor_adapters import AdapterConfig, attach
+    >>> m = attach(GPT2Model(GPT2Config(n_embd=32, n_layer=2, n_head=4)), AdapterConfig(r=3))
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     saved = read_saved_adapter(save_adapter(m, d))
+    >>> saved.config.r, [p.shape for p in saved.plans], saved.others
+    (3, [(32, 8, 4, 2, 4)], {})
     """
 
     directory: Path
@@ -289,20 +306,24 @@ def read_saved_adapter(path: str | os.PathLike[str]) -> SavedAdapter:
     record, and every factor's presence, shape, dtype and values. The one reader of this
     library's adapter format (:func:`load_adapter` and the delta analysis use it).
 
-    Raises:
-        FileNotFoundError: a missing file.
-        CPTensorError: anything malformed or inconsistent, naming the file.
+    Raises
+    ------
+    FileNotFoundError
+        a missing file.
+    CPTensorError
+        anything malformed or inconsistent, naming the file.
 
-    Example:
-        >>> import tempfile
-        >>> from transformers import BertConfig, BertModel
-        >>> from cptensor_adapters import AdapterConfig, attach
-        >>> m = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
-        ...            num_attention_heads=4, intermediate_size=64)), AdapterConfig(r=2))
-        >>> with tempfile.TemporaryDirectory() as d:
-        ...     saved = read_saved_adapter(save_adapter(m, d))
-        ...     sorted(saved.factors[0]), tuple(saved.factors[0]["out"].shape)
-        (['head', 'in', 'layer', 'matrix', 'out'], (32, 2))
+    Examples
+    --------
+    >>> import tempfile
+    >>> from transformers import BertConfig, BertModel
+    >>> from cptensor_adapters import AdapterConfig, attach
+    >>> m = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
+    ...            num_attention_heads=4, intermediate_size=64)), AdapterConfig(r=2))
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     saved = read_saved_adapter(save_adapter(m, d))
+    ...     sorted(saved.factors[0]), tuple(saved.factors[0]["out"].shape)
+    (['head', 'in', 'layer', 'matrix', 'out'], (32, 2))
     """
     directory = Path(path)
     meta = read_adapter_config(directory)
@@ -365,34 +386,42 @@ def load_adapter(
     tensor are checked against the config and the model before any memory is allocated;
     non-finite values are refused.
 
-    Args:
-        model: a plain or already adapted model.
-        path: directory written by :func:`save_adapter`.
-        name: name to give the adapter (default: the saved name).
-        trainable: whether its factors (and ``modules_to_save`` copies) train.
+    Parameters
+    ----------
+    model : torch.nn.Module
+        a plain or already adapted model.
+    path : str or os.PathLike
+        directory written by :func:`save_adapter`.
+    name : str, optional
+        name to give the adapter (default: the saved name).
+    trainable : bool
+        whether its factors (and ``modules_to_save`` copies) train.
 
-    Raises:
-        ValueError: the model's geometry differs from the file's (the message lists what
-            differs), the name is taken, or the files are malformed or inconsistent (the
-            message names the file).
+    Raises
+    ------
+    ValueError
+        the model's geometry differs from the file's (the message lists what
+        differs), the name is taken, or the files are malformed or inconsistent (the
+        message names the file).
 
-    Example:
-        >>> import copy, tempfile, torch
-        >>> from transformers import BertConfig, BertModel
-        >>> from cptensor_adapters import AdapterConfig, attach
-        >>> base = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
-        ...                             num_attention_heads=4, intermediate_size=64)).eval()
-        >>> a = attach(copy.deepcopy(base), AdapterConfig(init="random", alpha=64))
-        >>> with tempfile.TemporaryDirectory() as d:
-        ...     b = load_adapter(base, save_adapter(a, d))
-        >>> ids = torch.tensor([[3, 4, 5]])
-        >>> torch.allclose(a(ids).last_hidden_state, b(ids).last_hidden_state)
-        True
+    Examples
+    --------
+    >>> import copy, tempfile, torch
+    >>> from transformers import BertConfig, BertModel
+    >>> from cptensor_adapters import AdapterConfig, attach
+    >>> base = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
+    ...                             num_attention_heads=4, intermediate_size=64)).eval()
+    >>> a = attach(copy.deepcopy(base), AdapterConfig(init="random", alpha=64))
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     b = load_adapter(base, save_adapter(a, d))
+    >>> ids = torch.tensor([[3, 4, 5]])
+    >>> torch.allclose(a(ids).last_hidden_state, b(ids).last_hidden_state)
+    True
     """
     saved = read_saved_adapter(path)
     directory, config, saved_grid = saved.directory, saved.config, saved.grid
-    name = _check_name(saved.meta["name"] if name is None else name)
-    store = _store(model)
+    name = check_name(saved.meta["name"] if name is None else name)
+    store = find_store(model)
     if store is not None and name in store.adapters:
         raise CPTensorError(
             f"name: the model already has an adapter {name!r}; pass name= to load under another"
@@ -402,7 +431,7 @@ def load_adapter(
     if selection is None:
         selection = config.replace(targets=list(saved_grid.modules) or None)
     try:
-        grid = _grid_for(model, selection)
+        grid = grid_for(model, selection)
     except ValueError as exc:
         raise CPTensorError(
             f"model: cannot map the adapter in {directory} onto this model ({exc})"
@@ -425,12 +454,12 @@ def load_adapter(
 
         remove_adapter(model, name)
         raise
-    adapter = _require_adapter(model, name)
+    adapter = require_adapter(model, name)
     adapter.config = config
     adapter.trainable = bool(trainable)
-    store = _store(model)
+    store = find_store(model)
     assert store is not None
-    _update_requires_grad(model, store)
+    update_requires_grad(model, store)
     return model
 
 

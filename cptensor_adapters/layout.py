@@ -34,13 +34,16 @@ Built-in layouts:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cptensor.errors import CPTensorError
+from array_api_compat import array_namespace
 
-from .grid import Side, Target, WeightGrid, _ordered_matrices
+from cptensor.errors import CPTensorError
+from cptensor.structured import BlockTensor, LowRankBlockTensor
+
+from .grid import Side, Target, WeightGrid, ordered_matrices
 
 __all__ = [
     "AXES",
@@ -48,9 +51,13 @@ __all__ = [
     "GroupPlan",
     "Layout",
     "Member",
+    "group_tensor",
     "lora_equivalent_parameters",
+    "lowrank_group_tensor",
     "plan_groups",
     "resolve_head_split",
+    "target_block",
+    "target_matrix",
 ]
 
 #: The axes of the weight grid.
@@ -61,26 +68,33 @@ AXES: tuple[str, ...] = ("out", "in", "head", "layer", "matrix")
 class Layout:
     """Which grid axes are CP modes of a shared tensor and which index independent groups.
 
-    Args:
-        modes: axes that are modes of each CP tensor, in order (must include ``"out"`` and
-            ``"in"``); the CP factors come in this order.
-        groups: axes whose values index separate CP tensors (``"layer"``, ``"matrix"``).
-        name: a label (``"custom"`` unless built-in).
+    Parameters
+    ----------
+    modes : tuple of str
+        axes that are modes of each CP tensor, in order (must include ``"out"`` and
+        ``"in"``); the CP factors come in this order.
+    groups : tuple of str
+        axes whose values index separate CP tensors (``"layer"``, ``"matrix"``).
+    name : str
+        a label (``"custom"`` unless built-in).
 
-    Raises:
-        ValueError: an axis that does not exist, an axis listed twice, ``out``/``in``
-            missing from the modes, or ``head`` used as a group axis.
+    Raises
+    ------
+    ValueError
+        an axis that does not exist, an axis listed twice, ``out``/``in``
+        missing from the modes, or ``head`` used as a group axis.
 
-    Example:
-        >>> Layout.resolve("lorta").modes
-        ('out', 'in', 'head', 'layer', 'matrix')
-        >>> custom = Layout(modes=("out", "in", "layer", "matrix"))  # CP across layers, no heads
-        >>> custom.shared
-        ('head',)
-        >>> Layout(modes=("out", "in", "heads"))
-        Traceback (most recent call last):
-        ...
-        cptensor.errors.CPTensorError: layout modes: unknown axis 'heads'; expected axes from ...
+    Examples
+    --------
+    >>> Layout.resolve("lorta").modes
+    ('out', 'in', 'head', 'layer', 'matrix')
+    >>> custom = Layout(modes=("out", "in", "layer", "matrix"))  # CP across layers, no heads
+    >>> custom.shared
+    ('head',)
+    >>> Layout(modes=("out", "in", "heads"))
+    Traceback (most recent call last):
+    ...
+    cptensor.errors.CPTensorError: layout modes: unknown axis 'heads'; expected axes from ...
     """
 
     modes: tuple[str, ...]
@@ -137,12 +151,15 @@ class Layout:
         """A layout from a built-in name, a :class:`Layout`, or a dict with ``modes``
         (and optionally ``groups``, ``name``).
 
-        Raises:
-            ValueError: an unknown name or a malformed dict.
+        Raises
+        ------
+        ValueError
+            an unknown name or a malformed dict.
 
-        Example:
-            >>> Layout.resolve({"modes": ["out", "in", "layer"], "groups": ["matrix"]}).shared
-            ('head',)
+        Examples
+        --------
+        >>> Layout.resolve({"modes": ["out", "in", "layer"], "groups": ["matrix"]}).shared
+        ('head',)
         """
         if isinstance(spec, Layout):
             return spec
@@ -187,10 +204,11 @@ def resolve_head_split(head_split: str | Mapping[str, str], target: Target) -> S
     targets without heads), ``"out"``, ``"in"``, or a dict matrix name → side (matrices not
     in it keep the natural side).
 
-    Example:
-        >>> t = Target("q", "q", 0, "q", 8, 8, heads=2, head_dim=4, head_side="out")
-        >>> resolve_head_split("auto", t), resolve_head_split({"q": "in"}, t)
-        ('out', 'in')
+    Examples
+    --------
+    >>> t = Target("q", "q", 0, "q", 8, 8, heads=2, head_dim=4, head_side="out")
+    >>> resolve_head_split("auto", t), resolve_head_split({"q": "in"}, t)
+    ('out', 'in')
     """
     natural: Side = target.head_side or "in"
     if isinstance(head_split, str):
@@ -211,12 +229,18 @@ def resolve_head_split(head_split: str | Mapping[str, str], target: Target) -> S
 class Member:
     """A target's place in a group's CP tensor.
 
-    Attributes:
-        target: the target's name.
-        index: position of each coefficient mode (``layer``, ``matrix``) of the group.
-        split: side the heads split (``"out"``/``"in"``) if the layout has a head mode.
-        heads: heads along the split side (1 without head mode).
-        head_dim: size of one head (the ``in`` mode) under a head mode.
+    Attributes
+    ----------
+    target : str
+        the target's name.
+    index : dict of str to int
+        position of each coefficient mode (``layer``, ``matrix``) of the group.
+    split : {"out", "in"} or None
+        side the heads split (``"out"``/``"in"``) if the layout has a head mode.
+    heads : int
+        heads along the split side (1 without head mode).
+    head_dim : int
+        size of one head (the ``in`` mode) under a head mode.
     """
 
     target: str
@@ -230,19 +254,27 @@ class Member:
 class GroupPlan:
     """One CP tensor of an adapter: its modes, their sizes and labels, and its members.
 
-    Attributes:
-        index: position among the adapter's groups.
-        key: values of the layout's group axes, plus the mode sizes (which separate
-            differently shaped targets).
-        modes: the CP modes, in layout order.
-        shape: size of each mode.
-        labels: for the ``layer`` and ``matrix`` modes, what each index stands for.
-        members: the targets in this tensor.
+    Attributes
+    ----------
+    index : int
+        position among the adapter's groups.
+    key : dict
+        values of the layout's group axes, plus the mode sizes (which separate
+        differently shaped targets).
+    modes : tuple of str
+        the CP modes, in layout order.
+    shape : tuple of int
+        size of each mode.
+    labels : dict of str to tuple
+        for the ``layer`` and ``matrix`` modes, what each index stands for.
+    members : tuple of Member
+        the targets in this tensor.
 
-    Example:
-        >>> g = GroupPlan(0, {}, ("out", "in", "layer"), (8, 8, 3), {"layer": (0, 1, 2)})
-        >>> g.num_parameters(r=4)
-        76
+    Examples
+    --------
+    >>> g = GroupPlan(0, {}, ("out", "in", "layer"), (8, 8, 3), {"layer": (0, 1, 2)})
+    >>> g.num_parameters(r=4)
+    76
     """
 
     index: int
@@ -288,15 +320,16 @@ def plan_groups(
     Targets fall into one group when they agree on the layout's group axes and on the
     sizes of the ``out``/``in``/``head`` modes.
 
-    Example:
-        >>> from transformers import LlamaConfig, LlamaModel
-        >>> cfg = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        ...                   num_key_value_heads=2, intermediate_size=64, vocab_size=50)
-        >>> grid = WeightGrid.from_model(LlamaModel(cfg))
-        >>> [(g.shape, g.labels["matrix"]) for g in plan_groups(grid, Layout.resolve("lorta"))]
-        [((32, 8, 4, 2, 2), ('q', 'o')), ((32, 8, 2, 2, 2), ('k', 'v'))]
-        >>> len(plan_groups(grid, Layout.resolve("lora")))
-        8
+    Examples
+    --------
+    >>> from transformers import LlamaConfig, LlamaModel
+    >>> cfg = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+    ...                   num_key_value_heads=2, intermediate_size=64, vocab_size=50)
+    >>> grid = WeightGrid.from_model(LlamaModel(cfg))
+    >>> [(g.shape, g.labels["matrix"]) for g in plan_groups(grid, Layout.resolve("lorta"))]
+    [((32, 8, 4, 2, 2), ('q', 'o')), ((32, 8, 2, 2, 2), ('k', 'v'))]
+    >>> len(plan_groups(grid, Layout.resolve("lora")))
+    8
     """
     if isinstance(head_split, Mapping):
         unknown = sorted(set(head_split) - set(grid.matrices))
@@ -319,7 +352,7 @@ def plan_groups(
         if "layer" in layout.modes:
             labels["layer"] = tuple(sorted({t.layer for t, *_ in items}))
         if "matrix" in layout.modes:
-            labels["matrix"] = _ordered_matrices([t.matrix for t, *_ in items])
+            labels["matrix"] = ordered_matrices([t.matrix for t, *_ in items])
         shape = tuple(sizes[m] if m in sizes else len(labels[m]) for m in layout.modes)
         members = tuple(
             Member(
@@ -340,9 +373,155 @@ def plan_groups(
 def lora_equivalent_parameters(grid: WeightGrid, r: int) -> int:
     """Parameters LoRA at rank ``r`` needs for the same targets: ``Σ r·(in + out)``.
 
-    Example:
-        >>> g = WeightGrid("custom", (Target("w", "w", 0, "w", 3, 2),))
-        >>> lora_equivalent_parameters(g, 4)
-        20
+    Examples
+    --------
+    >>> g = WeightGrid("custom", (Target("w", "w", 0, "w", 3, 2),))
+    >>> lora_equivalent_parameters(g, 4)
+    20
     """
     return sum(r * (t.in_features + t.out_features) for t in grid.targets)
+
+
+# -- a target's matrix as its block of the group's CP tensor -----------------------------------
+def target_block(delta: Any, split: Side | None, heads: int, head_dim: int) -> Any:
+    """A target's ``(out × in)`` matrix (``Linear`` orientation) as its block of the CP
+    tensor: ``(size_out, size_in)`` without a head mode, ``(size_out, head_dim, heads)``
+    with one (a view when possible; NumPy or torch).
+
+    With a head mode, mode ``out`` is the side the heads do not split and mode ``in`` one
+    head of the split side: ``block[i, j, h] = ΔW[h·d_h + j, i]`` when the heads split
+    the output (``split="out"``), ``ΔW[i, h·d_h + j]`` when they split the input. This is
+    the orientation in which the adapter's forward pass reads its factors
+    (:func:`cptensor_adapters.modules.target_factors`), so the block of ``B·A`` is the CP
+    of the target's factor rows.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> w = np.arange(12.0).reshape(4, 3)            # out = 2 heads of 2, in = 3
+    >>> b = target_block(w, "out", 2, 2)
+    >>> b.shape, b[0, 1, 1] == w[1 * 2 + 1, 0]
+    ((3, 2, 2), np.True_)
+    >>> bool((target_matrix(b, "out", 2, 2) == w).all())
+    True
+    """
+    if split is None:
+        return delta
+    xp = array_namespace(delta)
+    if split == "out":  # rows h·d_h + j, columns i  ->  [i, j, h]
+        return xp.permute_dims(xp.reshape(delta, (heads, head_dim, -1)), (2, 1, 0))
+    return xp.permute_dims(xp.reshape(delta, (delta.shape[0], heads, head_dim)), (0, 2, 1))
+
+
+def target_matrix(block: Any, split: Side | None, heads: int, head_dim: int) -> Any:
+    """The inverse of :func:`target_block`: a block back to the ``(out × in)`` matrix."""
+    if split is None:
+        return block
+    xp = array_namespace(block)
+    if split == "out":
+        return xp.reshape(xp.permute_dims(block, (2, 1, 0)), (heads * head_dim, -1))
+    return xp.reshape(xp.permute_dims(block, (0, 2, 1)), (block.shape[0], heads * head_dim))
+
+
+def block_modes(plan: GroupPlan) -> tuple[int, ...]:
+    """Positions of the modes one target's block covers (``out``, ``in``, ``head``), in
+    the order of :func:`target_block`'s axes."""
+    return tuple(plan.modes.index(m) for m in ("out", "in", "head") if m in plan.modes)
+
+
+def _grid_key(plan: GroupPlan, member: Member) -> tuple[int, ...]:
+    """The key of ``member``'s block among the group's other modes (increasing order)."""
+    inner = block_modes(plan)
+    return tuple(member.index[plan.modes[i]] for i in range(len(plan.modes)) if i not in inner)
+
+
+def group_tensor(plan: GroupPlan, read: Callable[[Member], Any], dtype: Any = None) -> Any:
+    """One group's CP tensor from its members' ``(out × in)`` matrices, in the adapter's
+    orientation: a :class:`~cptensor.structured.BlockTensor` that calls ``read(member)``
+    each time it needs a block (so a reader of files keeps one block in memory), or the
+    block itself when the group has no ``layer``/``matrix`` mode. A member whose
+    ``read`` returns ``None``, and a grid position no member holds, is a zero block (of
+    the other blocks' library, dtype and device). ``dtype``: convert each block to it
+    when read (see :class:`~cptensor.structured.BlockTensor`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cptensor_adapters.grid import Target, WeightGrid
+    >>> ts = tuple(Target(f"{l}.{m}", f"{l}.{m}", l, m, 8, 8, heads=2, head_dim=4,
+    ...                   head_side="in" if m == "o" else "out")
+    ...            for l in range(2) for m in "qo")
+    >>> plan, = plan_groups(WeightGrid("custom", ts), Layout.resolve("lorta"))
+    >>> x = group_tensor(plan, lambda member: np.ones((8, 8)))
+    >>> x.shape, float(x.norm() ** 2)
+    ((8, 4, 2, 2, 2), 256.0)
+    """
+    inner = block_modes(plan)
+    by_key = {_grid_key(plan, m): m for m in plan.members}
+    if len(inner) == len(plan.modes):
+        (member,) = plan.members
+        return _block(read, member)
+    sizes = tuple(plan.shape[i] for i in inner)
+
+    def block(key: tuple[int, ...]) -> Any:
+        member = by_key.get(tuple(int(k) for k in key))
+        out = None if member is None else _block(read, member)
+        if out is None:  # a zero block of the library, dtype and device of the others
+            like = next(b for b in map(lambda m: _block(read, m), plan.members) if b is not None)
+            xp = array_namespace(like)
+            return xp.zeros(sizes, dtype=like.dtype, device=getattr(like, "device", None))
+        return out
+
+    return BlockTensor(plan.shape, inner, block, dtype=dtype)
+
+
+def _block(read: Callable[[Member], Any], member: Member) -> Any:
+    w = read(member)
+    if w is None:
+        return None
+    return target_block(w, member.split, member.heads, member.head_dim)
+
+
+def lowrank_group_tensor(
+    plan: GroupPlan, pairs: Callable[[Member], tuple[Any, Any] | None]
+) -> LowRankBlockTensor:
+    """One group's CP tensor from its members' low-rank updates ``ΔW = B·A`` (``B``:
+    ``out × s``, ``A``: ``s × in``, scaling folded into ``B``), never formed: a
+    :class:`~cptensor.structured.LowRankBlockTensor` in the orientation of
+    :func:`target_block`. ``pairs(member)`` returning ``None`` is a zero block.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cptensor_adapters.grid import Target, WeightGrid
+    >>> rng = np.random.default_rng(0)
+    >>> ts = tuple(Target(f"{l}.{m}", f"{l}.{m}", l, m, 8, 8, heads=2, head_dim=4,
+    ...                   head_side="in" if m == "o" else "out")
+    ...            for l in range(2) for m in "qo")
+    >>> plan, = plan_groups(WeightGrid("custom", ts), Layout.resolve("lorta"))
+    >>> ba = {m.target: (rng.standard_normal((8, 2)), rng.standard_normal((2, 8)))
+    ...       for m in plan.members}
+    >>> lr = lowrank_group_tensor(plan, lambda m: ba[m.target])
+    >>> dense = group_tensor(plan, lambda m: ba[m.target][0] @ ba[m.target][1]).to_dense()
+    >>> bool(np.allclose(lr.to_dense(), dense))
+    True
+    """
+    pos = {m: plan.modes.index(m) for m in ("out", "in", "head") if m in plan.modes}
+    rows = (pos["out"],)
+    # the split side's index h·d_h + j reads as (head, in) row-major: no copy
+    cols = (pos["head"], pos["in"]) if "head" in pos else (pos["in"],)
+    by_key = {_grid_key(plan, m): m for m in plan.members}
+
+    def factors(key: tuple[int, ...]) -> tuple[Any, Any] | None:
+        member = by_key.get(tuple(int(k) for k in key))
+        ba = None if member is None else pairs(member)
+        if ba is None:
+            return None
+        b, a = ba
+        if member.split == "out":  # the block is ΔWᵀ = Aᵀ Bᵀ
+            return a.T, b
+        return b, a.T
+
+    if len(rows) + len(cols) == len(plan.modes):
+        return LowRankBlockTensor(plan.shape, rows, cols, {(): factors(())})
+    return LowRankBlockTensor(plan.shape, rows, cols, factors)

@@ -23,7 +23,7 @@ from torch import nn
 from cptensor.errors import CPTensorError, CPTensorKeyError, CPTensorTypeError
 
 from .config import AdapterConfig
-from .grid import WeightGrid, _suffix_match, iter_weight_modules
+from .grid import WeightGrid, iter_weight_modules, suffix_match
 from .layout import GroupPlan, lora_equivalent_parameters, plan_groups
 from .modules import (
     STORE_ATTR,
@@ -59,7 +59,8 @@ __all__ = [
 _NAME = re.compile(r"[A-Za-z0-9_\-]+")
 
 
-def _check_name(name: Any) -> str:
+def check_name(name: Any) -> str:
+    """``name`` if it is a valid adapter name; CPTensorError saying what is allowed."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise CPTensorError(
             f"name: expected a non-empty string of letters, digits, '_' or '-', got {name!r}"
@@ -67,15 +68,17 @@ def _check_name(name: Any) -> str:
     return name
 
 
-def _store(model: nn.Module) -> FactorStore | None:
+def find_store(model: nn.Module) -> FactorStore | None:
+    """The factor store of ``model``, or ``None`` when it has no adapter."""
     store = model._modules.get(STORE_ATTR)
     return store if isinstance(store, FactorStore) else None
 
 
-def _require_store(model: nn.Module) -> FactorStore:
+def require_store(model: nn.Module) -> FactorStore:
+    """The factor store of an adapted ``model``; CPTensorError when it has none."""
     if not isinstance(model, nn.Module):
         raise CPTensorTypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    store = _store(model)
+    store = find_store(model)
     if store is None:
         raise CPTensorError(
             f"model: {type(model).__name__} has no adapters (attach one with attach(model, config))"
@@ -83,8 +86,9 @@ def _require_store(model: nn.Module) -> FactorStore:
     return store
 
 
-def _require_adapter(model: nn.Module, name: str) -> AdapterFactors:
-    store = _require_store(model)
+def require_adapter(model: nn.Module, name: str) -> AdapterFactors:
+    """Adapter ``name`` of ``model``; CPTensorKeyError naming the adapters it has."""
+    store = require_store(model)
     if name not in store.adapters:
         raise CPTensorKeyError(f"name: no adapter {name!r}; the model has {list(store.adapters)}")
     return store.adapters[name]  # type: ignore[return-value]
@@ -96,7 +100,7 @@ def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def _grid_for(model: nn.Module, config: AdapterConfig) -> WeightGrid:
+def grid_for(model: nn.Module, config: AdapterConfig) -> WeightGrid:
     """The weight grid of ``model`` that ``config`` targets (its targets, roles and head
     geometry)."""
     return WeightGrid.from_model(
@@ -109,7 +113,9 @@ def _grid_for(model: nn.Module, config: AdapterConfig) -> WeightGrid:
     )
 
 
-def _update_requires_grad(model: nn.Module, store: FactorStore) -> None:
+def update_requires_grad(model: nn.Module, store: FactorStore) -> None:
+    """Make the active adapters' factors and ``modules_to_save`` copies trainable, the
+    rest frozen."""
     store.set_trainable()
     for _, w in iter_save_wrappers(model):
         for name, mod in w.modules_to_save.items():
@@ -129,43 +135,52 @@ def attach(
     copies of ``modules_to_save``. The first adapter attached becomes active; later ones
     stay inactive until :func:`set_active` (as in PEFT).
 
-    Args:
-        model: the model (e.g. a ``transformers`` model).
-        config: the :class:`AdapterConfig` (default ``AdapterConfig()``: LoRTA, r = 8).
-        name: the adapter's name.
+    Parameters
+    ----------
+    model : torch.nn.Module
+        the model (e.g. a ``transformers`` model).
+    config : AdapterConfig, optional
+        the :class:`AdapterConfig` (default ``AdapterConfig()``: LoRTA, r = 8).
+    name : str
+        the adapter's name.
 
-    Returns:
+    Returns
+    -------
+    torch.nn.Module
         ``model``.
 
-    Raises:
-        ValueError: a bad name, a name already used, targets that match nothing or weights
-            spread over several devices (the message says which).
+    Raises
+    ------
+    ValueError
+        a bad name, a name already used, targets that match nothing or weights
+        spread over several devices (the message says which).
 
-    Example:
-        >>> import torch
-        >>> from transformers import BertConfig, BertModel
-        >>> from cptensor_adapters import AdapterConfig, attach, parameter_report
-        >>> model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2,
-        ...                              num_attention_heads=4, intermediate_size=64))
-        >>> model = attach(model, AdapterConfig(r=4))
-        >>> parameter_report(model)["default"].factor_parameters  # 4·(32 + 8 + 4 + 2 + 4)
-        200
-        >>> sum(p.numel() for p in model.parameters() if p.requires_grad)
-        200
+    Examples
+    --------
+    >>> import torch
+    >>> from transformers import BertConfig, BertModel
+    >>> from cptensor_adapters import AdapterConfig, attach, parameter_report
+    >>> model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2,
+    ...                              num_attention_heads=4, intermediate_size=64))
+    >>> model = attach(model, AdapterConfig(r=4))
+    >>> parameter_report(model)["default"].factor_parameters  # 4·(32 + 8 + 4 + 2 + 4)
+    200
+    >>> sum(p.numel() for p in model.parameters() if p.requires_grad)
+    200
     """
     if not isinstance(model, nn.Module):
         raise CPTensorTypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     config = AdapterConfig() if config is None else config
     if not isinstance(config, AdapterConfig):
         raise CPTensorTypeError(f"config: expected an AdapterConfig, got {type(config).__name__}")
-    _check_name(name)
-    store = _store(model)
+    check_name(name)
+    store = find_store(model)
     if store is not None and name in store.adapters:
         raise CPTensorError(
             f"name: the model already has an adapter {name!r}; pick another name or "
             "remove_adapter(model, name) first"
         )
-    grid = _grid_for(model, config)
+    grid = grid_for(model, config)
     plans = plan_groups(grid, config.resolved_layout, config.head_split)
     modules = dict(iter_weight_modules(model))
     weights = [modules[m].weight for m in grid.modules]
@@ -214,7 +229,7 @@ def attach(
             p.requires_grad_(False)
     if not store.active:
         store.active = (name,)
-    _update_requires_grad(model, store)
+    update_requires_grad(model, store)
     return model
 
 
@@ -234,7 +249,7 @@ def _modules_to_save_paths(model: nn.Module, keys: Sequence[str], targets: set[s
             continue
         candidates.append(path)
     for key in keys:
-        hits = [p for p in candidates if _suffix_match(p, key)]
+        hits = [p for p in candidates if suffix_match(p, key)]
         if not hits:
             unmatched.append(key)
         for p in hits:
@@ -277,55 +292,59 @@ def _check_untied(model: nn.Module, paths: list[str]) -> None:
 def adapter_names(model: nn.Module) -> tuple[str, ...]:
     """Names of the adapters attached to ``model`` (empty if none).
 
-    Example:
-        >>> adapter_names(torch.nn.Linear(2, 2))
-        ()
+    Examples
+    --------
+    >>> adapter_names(torch.nn.Linear(2, 2))
+    ()
     """
-    store = _store(model)
+    store = find_store(model)
     return tuple(store.adapters) if store is not None else ()
 
 
 def active_adapters(model: nn.Module) -> tuple[str, ...]:
     """Names of the active adapters (their updates are summed in the forward pass).
 
-    Example:
-        >>> from transformers import BertConfig, BertModel
-        >>> from cptensor_adapters import AdapterConfig, attach
-        >>> m = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
-        ...                                 num_attention_heads=4, intermediate_size=64)))
-        >>> m = attach(m, AdapterConfig(layout="lora"), name="other")
-        >>> active_adapters(m), adapter_names(m)
-        (('default',), ('default', 'other'))
+    Examples
+    --------
+    >>> from transformers import BertConfig, BertModel
+    >>> from cptensor_adapters import AdapterConfig, attach
+    >>> m = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
+    ...                                 num_attention_heads=4, intermediate_size=64)))
+    >>> m = attach(m, AdapterConfig(layout="lora"), name="other")
+    >>> active_adapters(m), adapter_names(m)
+    (('default',), ('default', 'other'))
     """
-    store = _store(model)
+    store = find_store(model)
     return store.active if store is not None else ()
 
 
 def get_config(model: nn.Module, name: str = "default") -> AdapterConfig:
     """The :class:`AdapterConfig` of adapter ``name``.
 
-    Example:
-        >>> from transformers import BertConfig, BertModel
-        >>> from cptensor_adapters import AdapterConfig, attach
-        >>> m = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
-        ...            num_attention_heads=4, intermediate_size=64)), AdapterConfig(r=2))
-        >>> get_config(m).r
-        2
+    Examples
+    --------
+    >>> from transformers import BertConfig, BertModel
+    >>> from cptensor_adapters import AdapterConfig, attach
+    >>> m = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
+    ...            num_attention_heads=4, intermediate_size=64)), AdapterConfig(r=2))
+    >>> get_config(m).r
+    2
     """
-    return _require_adapter(model, name).config
+    return require_adapter(model, name).config
 
 
 def adapter_groups(model: nn.Module, name: str = "default") -> tuple[GroupPlan, ...]:
     """The CP tensors of adapter ``name``: modes, shapes, labels and member targets.
 
-    Example:
-        >>> from transformers import GPT2Config, GPT2Model
-        >>> from cptensor_adapters import AdapterConfig, attach
-        >>> m = attach(GPT2Model(GPT2Config(n_embd=32, n_layer=2, n_head=4)), AdapterConfig(r=2))
-        >>> [(g.modes, g.shape) for g in adapter_groups(m)]
-        [(('out', 'in', 'head', 'layer', 'matrix'), (32, 8, 4, 2, 4))]
+    Examples
+    --------
+    >>> from transformers import GPT2Config, GPT2Model
+    >>> from cptensor_adapters import AdapterConfig, attach
+    >>> m = attach(GPT2Model(GPT2Config(n_embd=32, n_layer=2, n_head=4)), AdapterConfig(r=2))
+    >>> [(g.modes, g.shape) for g in adapter_groups(m)]
+    [(('out', 'in', 'head', 'layer', 'matrix'), (32, 8, 4, 2, 4))]
     """
-    return tuple(_require_adapter(model, name).plans)
+    return tuple(require_adapter(model, name).plans)
 
 
 def set_active(model: nn.Module, names: str | Sequence[str]) -> nn.Module:
@@ -335,19 +354,22 @@ def set_active(model: nn.Module, names: str | Sequence[str]) -> nn.Module:
     ``trainable=False``; inactive ones are frozen. A merged adapter that is no longer active
     is unmerged first, with a warning (as PEFT's ``set_adapter`` does).
 
-    Raises:
-        KeyError: a name the model does not have.
+    Raises
+    ------
+    KeyError
+        a name the model does not have.
 
-    Example:
-        >>> from transformers import BertConfig, BertModel
-        >>> from cptensor_adapters import AdapterConfig, attach
-        >>> m = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
-        ...                                 num_attention_heads=4, intermediate_size=64)))
-        >>> m = set_active(attach(m, AdapterConfig(r=2), name="b"), ["default", "b"])
-        >>> active_adapters(m)
-        ('default', 'b')
+    Examples
+    --------
+    >>> from transformers import BertConfig, BertModel
+    >>> from cptensor_adapters import AdapterConfig, attach
+    >>> m = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
+    ...                                 num_attention_heads=4, intermediate_size=64)))
+    >>> m = set_active(attach(m, AdapterConfig(r=2), name="b"), ["default", "b"])
+    >>> active_adapters(m)
+    ('default', 'b')
     """
-    store = _require_store(model)
+    store = require_store(model)
     if isinstance(names, str):
         names = (names,)
     elif isinstance(names, Sequence) and all(isinstance(n, str) for n in names):
@@ -373,7 +395,7 @@ def set_active(model: nn.Module, names: str | Sequence[str]) -> nn.Module:
             )
             unmerge(model, n)
     store.active = new_active
-    _update_requires_grad(model, store)
+    update_requires_grad(model, store)
     return model
 
 
@@ -381,18 +403,19 @@ def merge(model: nn.Module, name: str | None = None) -> nn.Module:
     """Add the dense update of adapter ``name`` (default: every active adapter) into the
     base weights, so the forward pass costs nothing extra; return the model.
 
-    Example:
-        >>> import torch
-        >>> from transformers import GPT2Config, GPT2Model
-        >>> from cptensor_adapters import AdapterConfig, attach
-        >>> m = attach(GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=4)).eval(),
-        ...            AdapterConfig(r=2, init="random", alpha=64))
-        >>> ids = torch.tensor([[1, 2, 3]])
-        >>> y = m(ids).last_hidden_state
-        >>> torch.allclose(merge(m)(ids).last_hidden_state, y, atol=1e-5)
-        True
+    Examples
+    --------
+    >>> import torch
+    >>> from transformers import GPT2Config, GPT2Model
+    >>> from cptensor_adapters import AdapterConfig, attach
+    >>> m = attach(GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=4)).eval(),
+    ...            AdapterConfig(r=2, init="random", alpha=64))
+    >>> ids = torch.tensor([[1, 2, 3]])
+    >>> y = m(ids).last_hidden_state
+    >>> torch.allclose(merge(m)(ids).last_hidden_state, y, atol=1e-5)
+    True
     """
-    store = _require_store(model)
+    store = require_store(model)
     if store.disabled:
         raise CPTensorError(
             "model: cannot merge inside disabled(model), where the model must compute what the "
@@ -400,7 +423,7 @@ def merge(model: nn.Module, name: str | None = None) -> nn.Module:
         )
     names = store.active if name is None else (name,)
     for n in names:
-        _require_adapter(model, n)
+        require_adapter(model, n)
         for _, layer in iter_adapter_layers(model):
             if n in layer.pieces:
                 layer.merge(n)
@@ -410,17 +433,18 @@ def merge(model: nn.Module, name: str | None = None) -> nn.Module:
 def unmerge(model: nn.Module, name: str | None = None) -> nn.Module:
     """Subtract merged adapters (default: all merged) from the base weights; return the model.
 
-    Example:
-        >>> from transformers import BertConfig, BertModel
-        >>> from cptensor_adapters import attach
-        >>> m = merge(attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
-        ...                                       num_attention_heads=4, intermediate_size=64))))
-        >>> merged_adapters(m), merged_adapters(unmerge(m))
-        (('default',), ())
+    Examples
+    --------
+    >>> from transformers import BertConfig, BertModel
+    >>> from cptensor_adapters import attach
+    >>> m = merge(attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
+    ...                                       num_attention_heads=4, intermediate_size=64))))
+    >>> merged_adapters(m), merged_adapters(unmerge(m))
+    (('default',), ())
     """
-    _require_store(model)
+    require_store(model)
     if name is not None:
-        _require_adapter(model, name)
+        require_adapter(model, name)
     for _, layer in iter_adapter_layers(model):
         for n in list(reversed(layer.merged)):
             if name is None or n == name:
@@ -431,11 +455,12 @@ def unmerge(model: nn.Module, name: str | None = None) -> nn.Module:
 def merged_adapters(model: nn.Module) -> tuple[str, ...]:
     """Names of adapters currently merged into some base weight.
 
-    Example:
-        >>> from transformers import GPT2Config, GPT2Model
-        >>> from cptensor_adapters import attach
-        >>> merged_adapters(attach(GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=4))))
-        ()
+    Examples
+    --------
+    >>> from transformers import GPT2Config, GPT2Model
+    >>> from cptensor_adapters import attach
+    >>> merged_adapters(attach(GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=4))))
+    ()
     """
     out: dict[str, None] = {}
     for _, layer in iter_adapter_layers(model):
@@ -460,15 +485,16 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     the model is a plain model again (``modules_to_save`` replaced by the active copy,
     ``requires_grad`` flags as before :func:`attach`). Returns the model.
 
-    Example:
-        >>> from transformers import BertConfig, BertModel
-        >>> from cptensor_adapters import attach
-        >>> m = merge_and_unload(attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
-        ...                      num_attention_heads=4, intermediate_size=64))))
-        >>> type(m.encoder.layer[0].attention.self.query).__name__, hasattr(m, "cp_adapters")
-        ('Linear', False)
+    Examples
+    --------
+    >>> from transformers import BertConfig, BertModel
+    >>> from cptensor_adapters import attach
+    >>> m = merge_and_unload(attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
+    ...                      num_attention_heads=4, intermediate_size=64))))
+    >>> type(m.encoder.layer[0].attention.self.query).__name__, hasattr(m, "cp_adapters")
+    ('Linear', False)
     """
-    store = _require_store(model)
+    store = require_store(model)
     if not store.disabled:
         merge(model)
     _restore_plain(model, store)
@@ -481,20 +507,21 @@ def disabled(model: nn.Module) -> Iterator[nn.Module]:
     no adapter update, merged adapters taken out for the duration, original
     ``modules_to_save``.
 
-    Example:
-        >>> import torch
-        >>> from transformers import BertConfig, BertModel
-        >>> from cptensor_adapters import AdapterConfig, attach
-        >>> base = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
-        ...                             num_attention_heads=4, intermediate_size=64)).eval()
-        >>> ids = torch.tensor([[5, 6, 7]])
-        >>> y0 = base(ids).last_hidden_state
-        >>> m = attach(base, AdapterConfig(init="random", alpha=64))
-        >>> with disabled(m):
-        ...     torch.equal(m(ids).last_hidden_state, y0)
-        True
+    Examples
+    --------
+    >>> import torch
+    >>> from transformers import BertConfig, BertModel
+    >>> from cptensor_adapters import AdapterConfig, attach
+    >>> base = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
+    ...                             num_attention_heads=4, intermediate_size=64)).eval()
+    >>> ids = torch.tensor([[5, 6, 7]])
+    >>> y0 = base(ids).last_hidden_state
+    >>> m = attach(base, AdapterConfig(init="random", alpha=64))
+    >>> with disabled(m):
+    ...     torch.equal(m(ids).last_hidden_state, y0)
+    True
     """
-    store = _require_store(model)
+    store = require_store(model)
     layers = [
         (layer, [(n, layer._merged_factors[n]) for n in layer.merged])
         for _, layer in iter_adapter_layers(model)
@@ -517,20 +544,23 @@ def remove_adapter(model: nn.Module, name: str) -> nn.Module:
     """Delete adapter ``name`` (unmerged first if merged); when it was the last one, the
     model becomes plain again. Returns the model.
 
-    Raises:
-        KeyError: no adapter of that name.
+    Raises
+    ------
+    KeyError
+        no adapter of that name.
 
-    Example:
-        >>> from transformers import BertConfig, BertModel
-        >>> from cptensor_adapters import attach
-        >>> m = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
-        ...                                 num_attention_heads=4, intermediate_size=64)))
-        >>> m = remove_adapter(m, "default")
-        >>> type(m.encoder.layer[0].attention.self.query).__name__, adapter_names(m)
-        ('Linear', ())
+    Examples
+    --------
+    >>> from transformers import BertConfig, BertModel
+    >>> from cptensor_adapters import attach
+    >>> m = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
+    ...                                 num_attention_heads=4, intermediate_size=64)))
+    >>> m = remove_adapter(m, "default")
+    >>> type(m.encoder.layer[0].attention.self.query).__name__, adapter_names(m)
+    ('Linear', ())
     """
-    store = _require_store(model)
-    _require_adapter(model, name)
+    store = require_store(model)
+    require_adapter(model, name)
     for path, layer in list(iter_adapter_layers(model)):
         layer.remove_adapter(name)
         if not layer.pieces:
@@ -545,7 +575,7 @@ def remove_adapter(model: nn.Module, name: str) -> nn.Module:
     if not len(store.adapters):
         _restore_plain(model, store)
     else:
-        _update_requires_grad(model, store)
+        update_requires_grad(model, store)
     return model
 
 
@@ -553,26 +583,37 @@ def remove_adapter(model: nn.Module, name: str) -> nn.Module:
 class ParameterReport:
     """Parameter counts of one adapter.
 
-    Attributes:
-        name: the adapter.
-        layout: the layout's name.
-        r: the rank.
-        groups: number of CP tensors.
-        factor_parameters: entries of its CP factors.
-        modules_to_save_parameters: entries of its ``modules_to_save`` copies.
-        lora_parameters: what LoRA at the same ``r`` on the same targets needs,
-            ``Σ r·(in + out)``.
-        formula: the count written out, e.g. ``"8·(384 + 32 + 12 + 6 + 4) = 3504"``.
-        trainable: whether the factors train (active and not loaded frozen).
+    Attributes
+    ----------
+    name : str
+        the adapter.
+    layout : str
+        the layout's name.
+    r : int
+        the rank.
+    groups : int
+        number of CP tensors.
+    factor_parameters : int
+        entries of its CP factors.
+    modules_to_save_parameters : int
+        entries of its ``modules_to_save`` copies.
+    lora_parameters : int
+        what LoRA at the same ``r`` on the same targets needs,
+        ``Σ r·(in + out)``.
+    formula : str
+        the count written out, e.g. ``"8·(384 + 32 + 12 + 6 + 4) = 3504"``.
+    trainable : bool
+        whether the factors train (active and not loaded frozen).
 
-    Example:
-        >>> from transformers import BertConfig, BertModel
-        >>> from cptensor_adapters import AdapterConfig, attach
-        >>> m = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=2,
-        ...            num_attention_heads=4, intermediate_size=64)), AdapterConfig(r=4))
-        >>> rep = parameter_report(m)["default"]
-        >>> rep.factor_parameters, rep.lora_parameters, round(rep.ratio_to_lora, 3)
-        (200, 2048, 0.098)
+    Examples
+    --------
+    >>> from transformers import BertConfig, BertModel
+    >>> from cptensor_adapters import AdapterConfig, attach
+    >>> m = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=2,
+    ...            num_attention_heads=4, intermediate_size=64)), AdapterConfig(r=4))
+    >>> rep = parameter_report(m)["default"]
+    >>> rep.factor_parameters, rep.lora_parameters, round(rep.ratio_to_lora, 3)
+    (200, 2048, 0.098)
     """
 
     name: str
@@ -602,16 +643,17 @@ def parameter_report(model: nn.Module) -> dict[str, ParameterReport]:
     For the ``"lorta"`` layout on a model without grouped-query attention the count is
     ``r·(d + d_h + H + L + M)`` (MiniLM-L6, r = 8: 3,504; RoBERTa-base, r = 4: 3,440).
 
-    Example:
-        >>> from transformers import RobertaConfig, RobertaModel
-        >>> from cptensor_adapters import AdapterConfig, attach
-        >>> with torch.device("meta"):  # RoBERTa-base geometry, no memory used
-        ...     m = attach(RobertaModel(RobertaConfig()), AdapterConfig(r=4))
-        >>> rep = parameter_report(m)["default"]
-        >>> rep.formula, rep.lora_parameters
-        ('4·(768 + 64 + 12 + 12 + 4) = 3440', 294912)
+    Examples
+    --------
+    >>> from transformers import RobertaConfig, RobertaModel
+    >>> from cptensor_adapters import AdapterConfig, attach
+    >>> with torch.device("meta"):  # RoBERTa-base geometry, no memory used
+    ...     m = attach(RobertaModel(RobertaConfig()), AdapterConfig(r=4))
+    >>> rep = parameter_report(m)["default"]
+    >>> rep.formula, rep.lora_parameters
+    ('4·(768 + 64 + 12 + 12 + 4) = 3440', 294912)
     """
-    store = _store(model)
+    store = find_store(model)
     if store is None:
         return {}
     mts: dict[str, int] = {}
@@ -650,20 +692,23 @@ def as_cp(model: nn.Module, name: str = "default", group: int | None = None) -> 
     updates. An adapter with several CP tensors (``"lora"``, grouped-query attention) needs
     ``group=`` (see :func:`adapter_groups`).
 
-    Raises:
-        ValueError: several groups and ``group`` not given, or ``group`` out of range.
+    Raises
+    ------
+    ValueError
+        several groups and ``group`` not given, or ``group`` out of range.
 
-    Example:
-        >>> from transformers import BertConfig, BertModel
-        >>> from cptensor_adapters import AdapterConfig, attach
-        >>> m = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=2,
-        ...            num_attention_heads=4, intermediate_size=64)), AdapterConfig(r=3))
-        >>> as_cp(m).shape
-        (32, 8, 4, 2, 4)
+    Examples
+    --------
+    >>> from transformers import BertConfig, BertModel
+    >>> from cptensor_adapters import AdapterConfig, attach
+    >>> m = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=2,
+    ...            num_attention_heads=4, intermediate_size=64)), AdapterConfig(r=3))
+    >>> as_cp(m).shape
+    (32, 8, 4, 2, 4)
     """
     from cptensor import CPTensor
 
-    a = _require_adapter(model, name)
+    a = require_adapter(model, name)
     if group is None:
         if len(a.groups) != 1:
             raise CPTensorError(
@@ -688,21 +733,22 @@ def delta_weights(model: nn.Module, name: str = "default") -> dict[str, torch.Te
     storage (GPT-2 ``Conv1D`` weights are stored transposed), scaling included, in the
     factor dtype.
 
-    Example:
-        >>> from transformers import GPT2Config, GPT2Model
-        >>> from cptensor_adapters import AdapterConfig, attach
-        >>> m = attach(GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=4)), AdapterConfig(r=2))
-        >>> d = delta_weights(m)
-        >>> list(d)[:2], tuple(d["h.0.attn.c_attn:k"].shape)
-        (['h.0.attn.c_attn:q', 'h.0.attn.c_attn:k'], (32, 32))
-        >>> float(d["h.0.attn.c_proj"].abs().sum())  # default init: ΔW = 0
-        0.0
+    Examples
+    --------
+    >>> from transformers import GPT2Config, GPT2Model
+    >>> from cptensor_adapters import AdapterConfig, attach
+    >>> m = attach(GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=4)), AdapterConfig(r=2))
+    >>> d = delta_weights(m)
+    >>> list(d)[:2], tuple(d["h.0.attn.c_attn:k"].shape)
+    (['h.0.attn.c_attn:q', 'h.0.attn.c_attn:k'], (32, 32))
+    >>> float(d["h.0.attn.c_proj"].abs().sum())  # default init: ΔW = 0
+    0.0
     """
-    _require_adapter(model, name)
+    require_adapter(model, name)
     out: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for _, layer in iter_adapter_layers(model):
             if name in layer.pieces:
                 out.update(layer.delta_weights(name))
-    grid = _require_adapter(model, name).grid
+    grid = require_adapter(model, name).grid
     return {t.name: out[t.name] for t in grid.targets}

@@ -54,11 +54,12 @@ STORE_ATTR = "cp_adapters"
 class FactorGroup(nn.Module):
     """The factors of one CP tensor: a ``(size × r)`` parameter per mode.
 
-    Example:
-        >>> from cptensor_adapters.layout import GroupPlan
-        >>> g = FactorGroup(GroupPlan(0, {}, ("out", "in"), (3, 2)), r=4, dtype=torch.float32)
-        >>> [tuple(f.shape) for f in g.factor_list()]
-        [(3, 4), (2, 4)]
+    Examples
+    --------
+    >>> from cptensor_adapters.layout import GroupPlan
+    >>> g = FactorGroup(GroupPlan(0, {}, ("out", "in"), (3, 2)), r=4, dtype=torch.float32)
+    >>> [tuple(f.shape) for f in g.factor_list()]
+    [(3, 4), (2, 4)]
     """
 
     def __init__(
@@ -85,10 +86,14 @@ class FactorGroup(nn.Module):
 class AdapterFactors(nn.Module):
     """All CP tensors of one named adapter, with its config, grid and group plans.
 
-    Attributes:
-        config: the :class:`AdapterConfig`.
-        grid: the :class:`WeightGrid` of its targets.
-        trainable: whether its factors train when it is active.
+    Attributes
+    ----------
+    config : AdapterConfig
+        the :class:`AdapterConfig`.
+    grid : WeightGrid
+        the :class:`WeightGrid` of its targets.
+    trainable : bool
+        whether its factors train when it is active.
     """
 
     def __init__(
@@ -134,19 +139,25 @@ def _mode_seed(seed: int, group: int, mode: str) -> int:
 class FactorStore(nn.Module):
     """Shared CP factors of every adapter of a model, keyed by adapter name.
 
-    Attributes:
-        adapters: ``ModuleDict`` name → :class:`AdapterFactors`.
-        active: names of the active adapters (their updates are summed).
-        disabled: depth of nested :func:`~cptensor_adapters.disabled` contexts.
-        share_inputs: let sibling modules that read the same input through the same factor
-            (Q, K, V under ``"lorta"``) compute ``x·A`` once (see :class:`SharedInputScope`).
+    Attributes
+    ----------
+    adapters : torch.nn.ModuleDict
+        ``ModuleDict`` name → :class:`AdapterFactors`.
+    active : tuple of str
+        names of the active adapters (their updates are summed).
+    disabled : int
+        depth of nested :func:`~cptensor_adapters.disabled` contexts.
+    share_inputs : bool
+        let sibling modules that read the same input through the same factor
+        (Q, K, V under ``"lorta"``) compute ``x·A`` once (see :class:`SharedInputScope`).
 
-    Example:
-        >>> from transformers import GPT2Config, GPT2Model
-        >>> from cptensor_adapters import attach
-        >>> m = attach(GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=4)))
-        >>> list(m.cp_adapters.adapters), m.cp_adapters.active
-        (['default'], ('default',))
+    Examples
+    --------
+    >>> from transformers import GPT2Config, GPT2Model
+    >>> from cptensor_adapters import attach
+    >>> m = attach(GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=4)))
+    >>> list(m.cp_adapters.adapters), m.cp_adapters.active
+    (['default'], ('default',))
     """
 
     cp_adapter_role = "skip"  # not a target (see grid.iter_weight_modules)
@@ -188,20 +199,26 @@ class _Piece:
 class CPAdapterLayer(nn.Module):
     """Wraps a ``Linear``/``Conv1D`` and adds the factored updates of the active adapters.
 
-    Attributes:
-        base_layer: the original module.
-        module_path: its path in the model.
-        storage: ``"linear"`` or ``"conv1d"`` (weight stored transposed).
-        merged: names of adapters currently merged into the base weight.
+    Attributes
+    ----------
+    base_layer : torch.nn.Module
+        the original module.
+    module_path : str
+        its path in the model.
+    storage : {"linear", "conv1d"}
+        ``"linear"`` or ``"conv1d"`` (weight stored transposed).
+    merged : list of str
+        names of adapters currently merged into the base weight.
 
-    Example:
-        >>> from transformers import LlamaConfig, LlamaModel
-        >>> from cptensor_adapters import attach
-        >>> m = attach(LlamaModel(LlamaConfig(hidden_size=32, num_hidden_layers=1,
-        ...            num_attention_heads=4, num_key_value_heads=2, intermediate_size=64)))
-        >>> k = m.layers[0].self_attn.k_proj
-        >>> type(k).__name__, type(k.base_layer).__name__, k.in_features, k.out_features
-        ('CPAdapterLayer', 'Linear', 32, 16)
+    Examples
+    --------
+    >>> from transformers import LlamaConfig, LlamaModel
+    >>> from cptensor_adapters import attach
+    >>> m = attach(LlamaModel(LlamaConfig(hidden_size=32, num_hidden_layers=1,
+    ...            num_attention_heads=4, num_key_value_heads=2, intermediate_size=64)))
+    >>> k = m.layers[0].self_attn.k_proj
+    >>> type(k).__name__, type(k.base_layer).__name__, k.in_features, k.out_features
+    ('CPAdapterLayer', 'Linear', 32, 16)
     """
 
     cp_adapter_role = "wraps"  # the grid sees base_layer (see grid.iter_weight_modules)
@@ -293,14 +310,15 @@ class CPAdapterLayer(nn.Module):
         orientation, scaling included). ``R = r`` except for a fused module whose targets
         use different ``A`` (then ``R`` = r per target, ``B`` block-structured).
 
-        Example:
-            >>> from transformers import GPT2Config, GPT2Model
-            >>> from cptensor_adapters import AdapterConfig, attach
-            >>> m = attach(GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=4)),
-            ...            AdapterConfig(r=3))
-            >>> A, B = m.h[0].attn.c_attn.effective_factors("default")  # Q, K, V share A
-            >>> tuple(A.shape), tuple(B.shape)
-            ((3, 32), (96, 3))
+        Examples
+        --------
+        >>> from transformers import GPT2Config, GPT2Model
+        >>> from cptensor_adapters import AdapterConfig, attach
+        >>> m = attach(GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=4)),
+        ...            AdapterConfig(r=3))
+        >>> A, B = m.h[0].attn.c_attn.effective_factors("default")  # Q, K, V share A
+        >>> tuple(A.shape), tuple(B.shape)
+        ((3, 32), (96, 3))
         """
         A, B, _ = self._effective(name)
         return A, B
@@ -489,30 +507,6 @@ def target_factors(
     return per_head.t(), factors["out"]
 
 
-def target_block(
-    delta: torch.Tensor, split: Side | None, heads: int, head_dim: int
-) -> torch.Tensor:
-    """A target's ``(out × in)`` matrix (``Linear`` orientation) as its block of the CP
-    tensor: ``(size_out, size_in)`` without a head mode, ``(size_out, head_dim, heads)``
-    with one, oriented as :func:`target_factors` reads the factors (a view when possible).
-
-    It is the inverse of :func:`target_factors`: the block of ``B·A`` is the CP of the
-    target's factor rows, ``s · Σ_k U_out[:, k] ∘ U_in[:, k] ∘ c[:, k]``.
-
-    >>> f = {"out": torch.randn(6, 2), "in": torch.randn(3, 2), "head": torch.randn(2, 2)}
-    >>> A, B = target_factors(f, (), "out", 2, 3, 1.0)
-    >>> block = target_block(B @ A, "out", 2, 3)
-    >>> bool(torch.allclose(block, torch.einsum("ik,jk,hk->ijh", f["out"], f["in"], f["head"]),
-    ...                     atol=1e-6))
-    True
-    """
-    if split is None:
-        return delta
-    if split == "out":  # rows h·d_h + j, columns i  ->  [i, j, h]
-        return delta.reshape(heads, head_dim, -1).permute(2, 1, 0)
-    return delta.reshape(delta.shape[0], heads, head_dim).permute(0, 2, 1)  # [i, h·d_h + j]
-
-
 def _cat(parts: list[torch.Tensor], dim: int) -> torch.Tensor | None:
     if not parts:
         return None
@@ -622,12 +616,13 @@ class SharedInputScope:
     under ``torch.compile`` (the compiler sees plain code). Entries are used only for the
     same input object at the same version.
 
-    Example:
-        >>> scope = SharedInputScope()
-        >>> scope.enter(None, ()); scope.cache
-        {}
-        >>> scope.exit(None, (), None); scope.cache is None
-        True
+    Examples
+    --------
+    >>> scope = SharedInputScope()
+    >>> scope.enter(None, ()); scope.cache
+    {}
+    >>> scope.exit(None, (), None); scope.cache is None
+    True
     """
 
     def __init__(self) -> None:
@@ -668,14 +663,15 @@ class ModulesToSaveWrapper(nn.Module):
     The copy of the first active adapter that has one replaces the original in the forward
     pass; the original runs when the adapters are disabled or none active has a copy.
 
-    Example:
-        >>> from transformers import BertConfig, BertForSequenceClassification
-        >>> from cptensor_adapters import AdapterConfig, attach
-        >>> m = attach(BertForSequenceClassification(BertConfig(hidden_size=32,
-        ...            num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)),
-        ...            AdapterConfig(modules_to_save=["classifier"]))
-        >>> type(m.classifier).__name__, list(m.classifier.modules_to_save)
-        ('ModulesToSaveWrapper', ['default'])
+    Examples
+    --------
+    >>> from transformers import BertConfig, BertForSequenceClassification
+    >>> from cptensor_adapters import AdapterConfig, attach
+    >>> m = attach(BertForSequenceClassification(BertConfig(hidden_size=32,
+    ...            num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)),
+    ...            AdapterConfig(modules_to_save=["classifier"]))
+    >>> type(m.classifier).__name__, list(m.classifier.modules_to_save)
+    ('ModulesToSaveWrapper', ['default'])
     """
 
     cp_adapter_role = "skip"  # saved in full, not a target (see grid.iter_weight_modules)

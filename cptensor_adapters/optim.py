@@ -17,15 +17,16 @@ over to it:
 
 :func:`create_optimizer` builds either on any ``torch.optim`` optimiser.
 
-Example:
-    >>> import torch
-    >>> from transformers import BertConfig, BertModel
-    >>> from cptensor_adapters import AdapterConfig, attach
-    >>> model = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=2,
-    ...                num_attention_heads=4, intermediate_size=64)), AdapterConfig(r=4))
-    >>> opt = create_optimizer(model, lr=1e-3, lr_ratios={"in": 4.0}, precondition=True)
-    >>> sorted((g["mode"], g["lr"]) for g in opt.param_groups if g["mode"])[:2]
-    [('head', 0.001), ('in', 0.004)]
+Examples
+--------
+>>> import torch
+>>> from transformers import BertConfig, BertModel
+>>> from cptensor_adapters import AdapterConfig, attach
+>>> model = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=2,
+...                num_attention_heads=4, intermediate_size=64)), AdapterConfig(r=4))
+>>> opt = create_optimizer(model, lr=1e-3, lr_ratios={"in": 4.0}, precondition=True)
+>>> sorted((g["mode"], g["lr"]) for g in opt.param_groups if g["mode"])[:2]
+[('head', 0.001), ('in', 0.004)]
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from torch import nn
 from cptensor.errors import CPTensorError
 
 from .layout import AXES
-from .model import _require_store
+from .model import require_store
 from .modules import FactorGroup, FactorStore
 
 __all__ = ["CPPreconditioner", "create_optimizer", "factor_param_groups"]
@@ -76,21 +77,24 @@ def factor_param_groups(
     Each group carries a ``"mode"`` key (``None`` for the other parameters). Frozen
     parameters are left out.
 
-    Raises:
-        ValueError: a model without adapters, an unknown mode or a ratio that is not
-            positive.
+    Raises
+    ------
+    ValueError
+        a model without adapters, an unknown mode or a ratio that is not
+        positive.
 
-    Example:
-        >>> from transformers import BertConfig, BertModel
-        >>> from cptensor_adapters import AdapterConfig, attach
-        >>> m = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
-        ...            num_attention_heads=4, intermediate_size=64)), AdapterConfig(r=2))
-        >>> [(g["mode"], g["lr"], len(g["params"])) for g in factor_param_groups(m, 0.1,
-        ...  lr_ratios={"in": 10})]
-        [('out', 0.1, 1), ('in', 1.0, 1), ('head', 0.1, 1), ('layer', 0.1, 1), ('matrix', 0.1, 1)]
+    Examples
+    --------
+    >>> from transformers import BertConfig, BertModel
+    >>> from cptensor_adapters import AdapterConfig, attach
+    >>> m = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
+    ...            num_attention_heads=4, intermediate_size=64)), AdapterConfig(r=2))
+    >>> [(g["mode"], g["lr"], len(g["params"])) for g in factor_param_groups(m, 0.1,
+    ...  lr_ratios={"in": 10})]
+    [('out', 0.1, 1), ('in', 1.0, 1), ('head', 0.1, 1), ('layer', 0.1, 1), ('matrix', 0.1, 1)]
     """
     ratios = _check_ratios(lr_ratios)
-    store = _require_store(model)
+    store = require_store(model)
     by_mode: dict[str, list[nn.Parameter]] = {}
     factor_ids: set[int] = set()
     for g, _ in _trained_groups(store):
@@ -121,27 +125,33 @@ class CPPreconditioner:
     gradients, which are zero at that point anyway. Computed in float64 from detached
     factors; the result is cast back to the gradient's dtype.
 
-    Args:
-        model: a model with adapters (the factors that train are preconditioned).
-        reg: the relative ridge (``> 0``).
+    Parameters
+    ----------
+    model : torch.nn.Module
+        a model with adapters (the factors that train are preconditioned).
+    reg : float
+        the relative ridge (``> 0``).
 
-    Raises:
-        ValueError: a model without adapters or ``reg`` not positive.
+    Raises
+    ------
+    ValueError
+        a model without adapters or ``reg`` not positive.
 
-    Example:
-        >>> from transformers import BertConfig, BertModel
-        >>> from cptensor_adapters import AdapterConfig, attach
-        >>> m = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
-        ...            num_attention_heads=4, intermediate_size=64)), AdapterConfig(r=2,
-        ...            init="random"))
-        >>> m(torch.ones(1, 3, dtype=torch.long)).last_hidden_state.sum().backward()
-        >>> CPPreconditioner(m).step()
+    Examples
+    --------
+    >>> from transformers import BertConfig, BertModel
+    >>> from cptensor_adapters import AdapterConfig, attach
+    >>> m = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
+    ...            num_attention_heads=4, intermediate_size=64)), AdapterConfig(r=2,
+    ...            init="random"))
+    >>> m(torch.ones(1, 3, dtype=torch.long)).last_hidden_state.sum().backward()
+    >>> CPPreconditioner(m).step()
     """
 
     def __init__(self, model: nn.Module, reg: float = 1e-3) -> None:
         if isinstance(reg, bool) or not isinstance(reg, (int, float)) or not reg > 0:
             raise CPTensorError(f"reg: expected a positive number, got {reg!r}")
-        self.store = _require_store(model)
+        self.store = require_store(model)
         self.reg = float(reg)
 
     @torch.no_grad()
@@ -187,28 +197,39 @@ def create_optimizer(
     :func:`factor_param_groups` (per-mode learning rates ``lr · lr_ratios[mode]``), whose
     ``step`` first applies :class:`CPPreconditioner` when ``precondition`` is true.
 
-    Args:
-        model: a model with adapters attached.
-        lr: the base learning rate (of ``modules_to_save`` and of modes without a ratio).
-        optimizer_cls: a ``torch.optim.Optimizer`` subclass whose ``step`` takes no
-            closure (AdamW, SGD, ...).
-        lr_ratios: learning-rate multiple per CP mode (``"out"``, ``"in"``, ``"head"``,
-            ``"layer"``, ``"matrix"``), e.g. LoRA+'s ``{"in": 16}`` for the zero factor.
-        precondition: precondition the factors' gradients (:class:`CPPreconditioner`).
-        reg: the preconditioner's relative ridge.
-        **kwargs: passed to ``optimizer_cls`` (``weight_decay``, ``betas``, ...).
+    Parameters
+    ----------
+    model : torch.nn.Module
+        a model with adapters attached.
+    lr : float
+        the base learning rate (of ``modules_to_save`` and of modes without a ratio).
+    optimizer_cls : type
+        a ``torch.optim.Optimizer`` subclass whose ``step`` takes no
+        closure (AdamW, SGD, ...).
+    lr_ratios : mapping of str to float, optional
+        learning-rate multiple per CP mode (``"out"``, ``"in"``, ``"head"``,
+        ``"layer"``, ``"matrix"``), e.g. LoRA+'s ``{"in": 16}`` for the zero factor.
+    precondition : bool
+        precondition the factors' gradients (:class:`CPPreconditioner`).
+    reg : float
+        the preconditioner's relative ridge.
+    **kwargs : Any
+        passed to ``optimizer_cls`` (``weight_decay``, ``betas``, ...).
 
-    Raises:
-        ValueError: a model without adapters, bad ratios or ``reg``, or an optimiser that
-            needs a closure (LBFGS).
+    Raises
+    ------
+    ValueError
+        a model without adapters, bad ratios or ``reg``, or an optimiser that
+        needs a closure (LBFGS).
 
-    Example:
-        >>> from transformers import BertConfig, BertModel
-        >>> from cptensor_adapters import AdapterConfig, attach
-        >>> m = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
-        ...            num_attention_heads=4, intermediate_size=64)), AdapterConfig(r=2))
-        >>> type(create_optimizer(m, 1e-3, precondition=True)).__name__
-        'CPPreconditionedAdamW'
+    Examples
+    --------
+    >>> from transformers import BertConfig, BertModel
+    >>> from cptensor_adapters import AdapterConfig, attach
+    >>> m = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
+    ...            num_attention_heads=4, intermediate_size=64)), AdapterConfig(r=2))
+    >>> type(create_optimizer(m, 1e-3, precondition=True)).__name__
+    'CPPreconditionedAdamW'
     """
     if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
         raise CPTensorError(

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .io import write_adapter_directory
-from .model import _require_adapter
+from .model import require_adapter
 from .modules import iter_adapter_layers, iter_save_wrappers
 
 __all__ = ["save_as_peft_lora"]
@@ -37,24 +37,27 @@ def save_as_peft_lora(
     ``fan_in_fan_out``; ``modules_to_save`` copies are exported too. The two files replace
     the directory's as one atomic step (see :func:`~cptensor_adapters.save_adapter`).
 
-    Returns:
+    Returns
+    -------
+    Path
         The directory, as a ``Path``.
 
-    Example:
-        >>> import copy, tempfile, torch
-        >>> from peft import PeftModel
-        >>> from transformers import GPT2Config, GPT2Model
-        >>> from cptensor_adapters import AdapterConfig, attach
-        >>> base = GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=4)).eval()
-        >>> ours = attach(copy.deepcopy(base), AdapterConfig(r=2, init="random", alpha=64))
-        >>> ids = torch.tensor([[1, 2, 3]])
-        >>> with tempfile.TemporaryDirectory() as d:
-        ...     peft_model = PeftModel.from_pretrained(base, save_as_peft_lora(ours, d))
-        >>> torch.allclose(peft_model(ids).last_hidden_state, ours(ids).last_hidden_state,
-        ...                atol=1e-5)
-        True
+    Examples
+    --------
+    >>> import copy, tempfile, torch
+    >>> from peft import PeftModel
+    >>> from transformers import GPT2Config, GPT2Model
+    >>> from cptensor_adapters import AdapterConfig, attach
+    >>> base = GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=4)).eval()
+    >>> ours = attach(copy.deepcopy(base), AdapterConfig(r=2, init="random", alpha=64))
+    >>> ids = torch.tensor([[1, 2, 3]])
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     peft_model = PeftModel.from_pretrained(base, save_as_peft_lora(ours, d))
+    >>> torch.allclose(peft_model(ids).last_hidden_state, ours(ids).last_hidden_state,
+    ...                atol=1e-5)
+    True
     """
-    adapter = _require_adapter(model, name)
+    adapter = require_adapter(model, name)
     tensors: dict[str, torch.Tensor] = {}
     ranks: dict[str, int] = {}
     conv1d = []

@@ -10,7 +10,7 @@ the site renders; the source is untouched) before mkdocstrings parses it:
   code spans (```fit_als```; the ``~`` form keeps the last component, as Sphinx shows it);
 - a line starting with ``>`` (not ``>>>``), such as a wrapped ``>= 0.9``, is escaped;
 - a paragraph ending in ``::`` (a reST literal block follows) ends in ``:`` instead;
-- each docstring is parsed in its own style (see :func:`style`).
+- every docstring is parsed with the NumPy parser.
 
 ``Examples`` sections (NumPy ``Examples`` + underline, Google ``Examples:``) are left alone:
 griffe already turns their doctest lines into code blocks.
@@ -18,7 +18,6 @@ griffe already turns their doctest lines into code blocks.
 
 from __future__ import annotations
 
-import itertools
 import re
 from typing import Any
 
@@ -90,28 +89,16 @@ def rewrite(text: str) -> str:
     return "\n".join(out)
 
 
-def style(text: str) -> str:
-    """``"numpy"`` when the docstring has an underlined section header, else ``"google"``.
-
-    The packages mix the two styles (``cptensor`` is NumPy style, most of
-    ``cptensor_adapters`` Google style); griffe's own guess falls back to Google for a
-    NumPy docstring whose only section is ``Examples``, so the choice is made here.
-    """
-    lines = text.splitlines()
-    for line, nxt in itertools.pairwise(lines):
-        if line.strip() and _NUMPY_HEADER.match(nxt) and not _NUMPY_HEADER.match(line):
-            return "numpy"
-    return "google"
-
-
 class ProjectDocstrings(griffe.Extension):
-    """Choose each docstring's style and apply :func:`rewrite` to it."""
+    """Parse every docstring as NumPy style (the one style of both packages, enforced by
+    ``tests/docs/test_docstring_style.py``; griffe's own guess would fall back to Google
+    for a docstring whose only section is ``Examples``) and apply :func:`rewrite` to it."""
 
     def _apply(self, obj: Any) -> None:
         doc = getattr(obj, "docstring", None)
         if doc is None or getattr(doc, "_cptensor_rewritten", False):
             return
-        doc.parser = griffe.Parser(style(doc.value))
+        doc.parser = griffe.Parser.numpy
         doc.parser_options = {}
         doc.value = rewrite(doc.value)
         doc._cptensor_rewritten = True

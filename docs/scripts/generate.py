@@ -465,23 +465,23 @@ def lora_delta(out: Path) -> None:
 
     cp_rows = [
         {
-            "CP rank": r["rank"],
-            "parameters": r["parameters"],
-            "energy captured": float(r["energy"]),
-            "core consistency (%)": _fmt_cc(float(r["core_consistency"])),
+            "CP rank": r.rank,
+            "parameters": r.parameters,
+            "energy captured": float(r.energy),
+            "core consistency (%)": _fmt_cc(float(r.core_consistency)),
         }
         for r in report.cp_rows
     ]
     energy_rows = [
         {
-            "energy": f"{100 * float(r['energy']):g} %",
+            "energy": f"{100 * float(r.energy):g} %",
             "LoRA, one rank for all": (
-                f"{r['lora_uniform_parameters']:,} (r = {r['lora_uniform_rank']})"
+                f"{r.lora_uniform_parameters:,} (r = {r.lora_uniform_rank})"
             ),
-            "LoRA, best rank per matrix": f"{r['lora_svd_parameters']:,}",
+            "LoRA, best rank per matrix": f"{r.lora_svd_parameters:,}",
             "CP (LoRTA layout)": "not reached at the swept ranks"
-            if r["cp_rank"] is None
-            else f"{r['cp_parameters']:,} (rank {r['cp_rank']})",
+            if r.cp_rank is None
+            else f"{r.cp_parameters:,} (rank {r.cp_rank})",
         }
         for r in report.energy_table
     ]
@@ -493,15 +493,15 @@ def lora_delta(out: Path) -> None:
         "at most 30 ALS sweeps."
     )
     top = report.cp_rows[-1]
-    half = next((r for r in report.energy_table if abs(float(r["energy"]) - 0.5) < 1e-9), None)
+    half = next((r for r in report.energy_table if abs(float(r.energy) - 0.5) < 1e-9), None)
     reading = (
-        f"In this run, the CP model of rank {top['rank']} ({top['parameters']:,} parameters) "
-        f"captures {100 * float(top['energy']):.1f} % of ‖ΔW‖²"
+        f"In this run, the CP model of rank {top.rank} ({top.parameters:,} parameters) "
+        f"captures {100 * float(top.energy):.1f} % of ‖ΔW‖²"
     )
     if half is not None:
         reading += (
             f", while per-matrix truncated SVD at the best rank per matrix captures 50 % with "
-            f"{half['lora_svd_parameters']:,} parameters"
+            f"{half.lora_svd_parameters:,} parameters"
         )
     write_snippet(out, "delta-reading", reading + ".")
     write_snippet(out, "delta-setup", setup)

@@ -34,6 +34,34 @@ def lorta_oracle(model, shape, name: str = "default") -> np.ndarray:
     return x
 
 
+def group_oracles(model, plans, name: str = "default") -> list[np.ndarray]:
+    """``delta_weights`` placed in each CP tensor of ``plans`` by loops: a head-split
+    target's block is ``T[i, j, h] = ΔW[h·d_h + j, i]`` when its heads split the output,
+    ``ΔW[i, h·d_h + j]`` when they split the input; other modes index layer and matrix."""
+    dws = cpa.delta_weights(model, name)
+    out = []
+    for plan in plans:
+        x = np.zeros(plan.shape)
+        for member in plan.members:
+            w = dws[member.target].double().numpy()  # keyed by target: fused slices apart
+            if member.split is None:
+                block = w
+            else:
+                dh, heads = member.head_dim, member.heads
+                block = np.zeros((w.size // (dh * heads), dh, heads))
+                for h in range(heads):
+                    for j in range(dh):
+                        col = w[h * dh + j, :] if member.split == "out" else w[:, h * dh + j]
+                        block[:, j, h] = col
+            idx = tuple(
+                slice(None) if mode in ("out", "in", "head") else member.index[mode]
+                for mode in plan.modes
+            )
+            x[idx] = block
+        out.append(x)
+    return out
+
+
 def _saved(model, path):
     cpa.save_adapter(model, path)
     return path
@@ -41,21 +69,30 @@ def _saved(model, path):
 
 @pytest.mark.parametrize("arch", ["bert", "gpt2"])
 def test_blocks_equal_delta_weights(tiny, arch, layout, tmp_path):
+    """By default the delta is laid out as the adapter's own CP tensors, whatever the
+    layout and architecture (GPT-2's fused c_attn included)."""
     cfg = cpa.AdapterConfig(r=3, alpha=6, layout=layout, init="random", seed=4)
     m = cpa.attach(tiny(arch), cfg)
-    delta = extract_adapter_delta(_saved(m, tmp_path))
+    path = _saved(m, tmp_path)
+    delta = extract_adapter_delta(path)
     assert isinstance(delta, LowRankDelta)
-    assert delta.shape == (32, 8, 4, 2, 4)
+    own = m.cp_adapters.adapters["default"].plans
+    assert [tuple(p.shape) for p in delta.plans] == [tuple(p.shape) for p in own]
     assert delta.max_block_rank <= 3  # each ΔW kept as its rank-r factors
     assert len(delta.matched) == 8 and delta.config["format"] == "cptensor_adapters"
-    oracle = lorta_oracle(m, delta.shape)
-    assert np.abs(oracle).max() > 0.01  # a non-identity init: the comparison means something
-    np.testing.assert_allclose(delta.to_dense(), oracle, rtol=1e-5, atol=1e-6)
+    oracles = group_oracles(m, delta.plans)
+    assert max(np.abs(x).max() for x in oracles) > 0.01  # a non-identity init
+    for x, oracle in zip(delta.groups, oracles):
+        np.testing.assert_allclose(x.to_dense(), oracle, rtol=1e-5, atol=1e-6)
     # the pairs themselves are the per-target updates, in Linear orientation
     dw = cpa.delta_weights(m)
     for layer, mat, target in delta.matched:
         b, a = delta.pairs[(layer, mat)]
         np.testing.assert_allclose(b @ a, dw[target].numpy(), rtol=1e-5, atol=1e-6)
+    # laid out as "lorta" instead: the paper's tensor of the same updates
+    lorta = extract_adapter_delta(path, layout="lorta")
+    assert lorta.shape == (32, 8, 4, 2, 4)
+    np.testing.assert_allclose(lorta.to_dense(), lorta_oracle(m, lorta.shape), rtol=1e-5, atol=1e-6)
 
 
 def test_lorta_adapter_is_its_own_cp_tensor(tiny, tmp_path):
@@ -67,13 +104,13 @@ def test_lorta_adapter_is_its_own_cp_tensor(tiny, tmp_path):
         delta.to_dense(), reconstruct(cpa.as_cp(m)).numpy(), rtol=1e-5, atol=1e-6
     )
     rep = cpa.analyze_delta(delta, [2], n_starts=1, max_iter=200)
-    assert rep.cp_rows[0]["energy"] > 0.999  # a rank-2 LoRTA adapter has CP rank <= 2
-    assert all(p["numerical"] <= 2 for p in rep.profile_rows)
+    assert rep.cp_rows[0].energy > 0.999  # a rank-2 LoRTA adapter has CP rank <= 2
+    assert all(p.numerical <= 2 for p in rep.profile_rows)
 
 
 def test_head_split_subset_of_targets_and_layers(tiny, tmp_path):
     """Targets on some matrices and one layer, Q's heads on its input side, float64 factors:
-    the delta tensor is still arranged canonically, with zero blocks elsewhere."""
+    the delta is the adapter's own tensor (one layer, two matrices, Q split on its input)."""
     cfg = cpa.AdapterConfig(
         r=2,
         init="random",
@@ -85,18 +122,21 @@ def test_head_split_subset_of_targets_and_layers(tiny, tmp_path):
     m = cpa.attach(tiny("bert"), cfg)
     path = _saved(m, tmp_path)
     delta = extract_adapter_delta(path)
-    assert delta.shape == (32, 8, 4, 2, 4)  # layer 0 appears from the layer numbering
+    assert delta.shape == (32, 8, 4, 1, 2)
     assert sorted(delta.pairs) == [(1, "O"), (1, "Q")]
     assert delta.pairs[(1, "Q")][0].dtype == np.float64
-    dense = delta.to_dense()
-    np.testing.assert_allclose(dense, lorta_oracle(m, delta.shape), rtol=1e-9, atol=1e-12)
-    assert not dense[..., 0, :].any() and not dense[..., 1, 1:3].any()
-    # a base config with more layers extends the layer mode with zero blocks
-    base_cfg = tiny("bert").config.to_dict() | {"num_hidden_layers": 4}
-    assert extract_adapter_delta(path, base_cfg).shape == (32, 8, 4, 4, 4)
+    (oracle,) = group_oracles(m, delta.plans)
+    np.testing.assert_allclose(delta.to_dense(), oracle, rtol=1e-9, atol=1e-12)
+    # a base config is checked against the adapter: more layers are fine, fewer are not
+    base_cfg = tiny("bert").config.to_dict()
+    assert extract_adapter_delta(path, base_cfg | {"num_hidden_layers": 4}).shape == delta.shape
+    with pytest.raises(ValueError, match="1 layers, but the adapter targets layer 1"):
+        extract_adapter_delta(path, base_cfg | {"num_hidden_layers": 1})
+    with pytest.raises(ValueError, match="attention heads 8"):
+        extract_adapter_delta(path, base_cfg | {"num_attention_heads": 8})
 
 
-def test_mlp_targets_and_modules_to_save_are_left_out(tmp_path):
+def test_mlp_targets_in_their_own_tensor_and_modules_to_save_left_out(tmp_path):
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
@@ -111,19 +151,39 @@ def test_mlp_targets_and_modules_to_save_are_left_out(tmp_path):
     )
     m = cpa.attach(model, cfg)
     delta = extract_adapter_delta(_saved(m, tmp_path))
-    assert sorted(delta.pairs) == [(0, "Q"), (0, "V"), (1, "Q"), (1, "V")]
+    assert sorted(delta.pairs) == [
+        (0, "Q"),
+        (0, "V"),
+        (0, "intermediate.dense"),
+        (1, "Q"),
+        (1, "V"),
+        (1, "intermediate.dense"),
+    ]
+    assert [delta.group_label(i) for i in range(len(delta.groups))] == [
+        "Q, V",
+        "intermediate.dense",
+    ]
     notes = " ".join(delta.notes)
     assert "other than Q, K, V, O" in notes and "modules_to_save" in notes
-    np.testing.assert_allclose(delta.to_dense(), lorta_oracle(m, delta.shape), rtol=1e-5, atol=1e-6)
+    for x, oracle in zip(delta.groups, group_oracles(m, delta.plans)):
+        np.testing.assert_allclose(x.to_dense(), oracle, rtol=1e-5, atol=1e-6)
 
 
 def test_grouped_query_attention(tiny, tmp_path):
-    with pytest.raises(ValueError, match="grouped-query attention"):
-        extract_adapter_delta(_saved(cpa.attach(tiny("llama"), cpa.AdapterConfig()), tmp_path))
-    # Q and O alone fit the grid (K and V are zero blocks)
-    m = cpa.attach(tiny("llama"), cpa.AdapterConfig(r=2, init="random", targets=["q", "o"]))
-    delta = extract_adapter_delta(_saved(m, tmp_path / "qo"))
-    np.testing.assert_allclose(delta.to_dense(), lorta_oracle(m, delta.shape), rtol=1e-5, atol=1e-6)
+    """GQA: the adapter's two tensors (Q with O over all heads, K with V over the key/value
+    heads), each equal to the dense reference and of CP rank r."""
+    m = cpa.attach(tiny("llama"), cpa.AdapterConfig(r=2, init="random", seed=5))
+    delta = extract_adapter_delta(_saved(m, tmp_path))
+    grid = m.cp_adapters.adapters["default"].grid
+    H, H_kv = grid.num_heads, grid.num_kv_heads
+    assert H_kv < H
+    assert [p.shape[2] for p in delta.plans] == [H, H_kv]
+    assert [delta.group_label(i) for i in range(2)] == ["Q, O", "K, V"]
+    for x, oracle in zip(delta.groups, group_oracles(m, delta.plans)):
+        assert np.abs(oracle).max() > 0.01
+        np.testing.assert_allclose(x.to_dense(), oracle, rtol=1e-5, atol=1e-6)
+    rep = cpa.analyze_delta(delta, [2], n_starts=2, max_iter=300)
+    assert rep.cp_rows[0].energy > 0.999 and len(rep.sweeps) == 2
 
 
 def test_peft_directory_still_read(tiny, tmp_path):

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from cptensor_adapters import AdapterConfig, attach, delta_weights, merge
 from cptensor_adapters.grad_align import gradient_init
-from cptensor_adapters.modules import target_block, target_factors
+from cptensor_adapters.layout import target_block
+from cptensor_adapters.modules import target_factors
 
 from ._models import ARCHS, LAYOUTS, VOCAB, build_tiny
 from .conftest import hidden

@@ -50,12 +50,6 @@ def test_literal_block_marker_and_leading_gt() -> None:
     assert ext.rewrite("stability\n>= 0.9") == "stability\n\\>= 0.9"
 
 
-def test_style_detection() -> None:
-    assert ext.style("S.\n\nParameters\n----------\nx : int\n") == "numpy"
-    assert ext.style("S.\n\nArgs:\n    x: an int.\n") == "google"
-    assert ext.style("S.\n\n>>> 1\n1") == "google"  # no sections: either parser works
-
-
 def test_markdown_table_and_resolve() -> None:
     table = gen.markdown_table([{"a": 1, "b": 0.5}, {"a": 2, "b": 1.5e-7}])
     assert table.splitlines() == ["| a | b |", "| --- | --- |", "| 1 | 0.5 |", "| 2 | 1.50e-07 |"]

@@ -198,7 +198,7 @@ def test_analyze_real_minilm_adapter(minilm_lora, tmp_path, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert "delta of shape (384, 32, 12, 6, 4)" in out
+    assert "delta as 1 CP tensor(s) (Q, K, V, O (384, 32, 12, 6, 4))" in out
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
     assert len(rep["per_matrix"]) == 24
     assert all(p["numerical"] == 4 for p in rep["per_matrix"])
@@ -360,3 +360,47 @@ def test_cp_commands_run_without_torch(planted, tmp_path, entry):
     assert json.loads(proc.stdout)["rows"][0]["rank"] == 1
     assert "torch" not in proc.stderr
     assert (tmp_path / "sw" / "sweep.json").is_file()
+
+
+def _tiny_gqa_llama(seed: int):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        vocab_size=64,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def test_analyze_gqa_checkpoints(tmp_path, capsys):
+    """A Llama pair with grouped-query attention: a full report over its two CP tensors
+    (Q with O over 4 heads, K with V over 2), read from checkpoints with no model built."""
+    _tiny_gqa_llama(0).save_pretrained(tmp_path / "base")
+    _tiny_gqa_llama(1).save_pretrained(tmp_path / "tuned")
+    argv = ["analyze", str(tmp_path / "base"), str(tmp_path / "tuned"), "--ranks", "1-2"]
+    assert main([*argv, "--out", str(tmp_path / "r"), "--starts", "1", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [g["matrices"] for g in doc["groups"]] == ["Q, O", "K, V"]
+    assert [g["shape"] for g in doc["groups"]] == [[32, 8, 4, 2, 2], [32, 8, 2, 2, 2]]
+    assert len(doc["sweeps"]) == 2 and len(doc["per_matrix"]) == 8
+    assert "grouped-query attention" in " ".join(doc["notes"])
+    assert (tmp_path / "r" / "report.md").is_file()
+
+
+def test_analyze_gqa_adapter(tmp_path, capsys):
+    """A LoRTA adapter on a GQA model: its own two CP tensors, recovered exactly at rank r."""
+    import cptensor_adapters as cpa
+
+    model = cpa.attach(_tiny_gqa_llama(0), cpa.AdapterConfig(r=2, init="random", seed=3))
+    path = cpa.save_adapter(model, tmp_path / "adapter")
+    argv = ["analyze-adapter", str(path), "--out", str(tmp_path / "r"), "--ranks", "1-2"]
+    assert main([*argv, "--starts", "2", "--max-iter", "300", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [g["shape"] for g in doc["groups"]] == [[32, 8, 4, 2, 2], [32, 8, 2, 2, 2]]
+    assert doc["cp"][1]["energy"] > 0.999  # rank 2 in each tensor: the adapter itself

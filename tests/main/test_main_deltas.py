@@ -87,7 +87,7 @@ def test_different_architectures_refused(tmp_path, tiny_bert_pair):
 
     base_dir = tiny_bert_pair[0]
     BertModel(tiny_bert_config(layers=3)).save_pretrained(tmp_path / "three")
-    with pytest.raises(ValueError, match=r"different architectures.*n_layers: base 2, tuned 3"):
+    with pytest.raises(ValueError, match=r"different architectures.*num_layers: base 2, tuned 3"):
         extract_delta(base_dir, tmp_path / "three")
 
 
@@ -98,7 +98,7 @@ def test_bad_inputs(tmp_path, tiny_bert_pair):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"no \*\.safetensors"):
         extract_delta(base_dir, tmp_path / "empty")
-    with pytest.raises(ValueError, match="layout must be one of"):
+    with pytest.raises(ValueError, match="unknown layout 'tucker'"):
         extract_delta(base_dir, base_dir, layout="tucker")
     with pytest.raises(TypeError, match="must be a model"):
         extract_delta(base_dir, 3.0)
@@ -119,7 +119,27 @@ def test_gpt2_fused_qkv():
     assert np.allclose(x[..., 1, 1], 1.0) and np.count_nonzero(x) == 16 * 16
 
 
-def test_llama_mha_and_gqa_refused():
+def _gqa_oracle(base, tuned, matrices, heads):
+    """The LoRTA tensor of ``tuned − base`` over ``matrices`` of a Llama model, by loops
+    (``T[i, j, h] = ΔW[h·d_h + j, i]`` for q, k, v; ``ΔW[i, h·d_h + j]`` for o)."""
+    sb, st = base.state_dict(), tuned.state_dict()
+    cfg = base.config
+    d, dh, L = cfg.hidden_size, cfg.hidden_size // cfg.num_attention_heads, cfg.num_hidden_layers
+    x = np.zeros((d, dh, heads, L, len(matrices)))
+    for l in range(L):
+        for m, name in enumerate(matrices):
+            k = f"layers.{l}.self_attn.{name}_proj.weight"
+            dw = (st[k] - sb[k]).double().numpy()
+            for h in range(heads):
+                for j in range(dh):
+                    if name == "o":
+                        x[:, j, h, l, m] = dw[:, h * dh + j]
+                    else:
+                        x[:, j, h, l, m] = dw[h * dh + j, :]
+    return x
+
+
+def test_llama_mha_and_gqa():
     from transformers import LlamaConfig, LlamaModel
 
     kw = dict(
@@ -133,10 +153,28 @@ def test_llama_mha_and_gqa_refused():
     m = LlamaModel(LlamaConfig(**kw, num_key_value_heads=4))
     t = LlamaModel(LlamaConfig(**kw, num_key_value_heads=4))
     d = extract_delta(m, t)
-    assert d.shape == (16, 4, 4, 2, 4) and d.geometry.family == "llama"
+    assert d.shape == (16, 4, 4, 2, 4) and d.grid.architecture == "llama"
+    np.testing.assert_allclose(d.to_dense(), _gqa_oracle(m, t, "qkvo", 4), rtol=1e-6, atol=1e-6)
+    # grouped-query attention: Q with O over 4 heads, K with V over 2, as the adapter holds them
     g = LlamaModel(LlamaConfig(**kw, num_key_value_heads=2))
-    with pytest.raises(ValueError, match="grouped-query attention"):
-        extract_delta(g, g)
+    g2 = LlamaModel(LlamaConfig(**kw, num_key_value_heads=2))
+    d = extract_delta(g, g2)
+    assert [tuple(p.shape) for p in d.plans] == [(16, 4, 4, 2, 2), (16, 4, 2, 2, 2)]
+    assert "grouped-query attention" in " ".join(d.notes)
+    for group, (mats, heads) in zip(d.groups, (("qo", 4), ("kv", 2))):
+        np.testing.assert_allclose(
+            group.to_dense(), _gqa_oracle(g, g2, mats, heads), rtol=1e-6, atol=1e-6
+        )
+    with pytest.raises(ValueError, match="this delta is 2 CP tensors"):
+        _ = d.shape
+    # the analysis sweeps both tensors; the rank-r fit is that of every tensor at rank r
+    rep = analyze_delta(d, [1, 2], n_starts=1, max_iter=30)
+    assert rep.groups == ("Q, O", "K, V") and len(rep.sweeps) == 2
+    assert [r.parameters for r in rep.cp_rows] == [1 * 54, 2 * 54]  # (16+4+4+2+2)+(16+4+2+2+2)
+    for row in rep.cp_rows:
+        n = [np.linalg.norm(x.to_dense()) for x in d.groups]
+        res = sum(((1 - f) * v) ** 2 for f, v in zip(row.group_fits, n))
+        assert row.energy == pytest.approx(1 - res / sum(v * v for v in n))
 
 
 def test_real_minilm_lora_delta_matches_merged_checkpoint(minilm_lora):
@@ -150,9 +188,10 @@ def test_real_minilm_lora_delta_matches_merged_checkpoint(minilm_lora):
     # compare one block and the MTTKRPs without densifying the whole tensor twice
     rng = np.random.default_rng(0)
     fs = [rng.standard_normal((n, 3)).astype(np.float32) for n in lr.shape]
+    (x_lr,), (x_dense,) = lr.groups, dense.groups
     for mode in (0, 2, 4):
         np.testing.assert_allclose(
-            lr.mttkrp(fs, mode), dense.mttkrp(fs, mode), rtol=2e-3, atol=1e-3
+            x_lr.mttkrp(fs, mode), x_dense.mttkrp(fs, mode), rtol=2e-3, atol=1e-3
         )
 
 
@@ -186,14 +225,14 @@ def test_analyze_delta_report(tmp_path, tiny_bert_pair):
     base_dir, tuned_dir, _, _ = tiny_bert_pair
     delta = extract_delta(base_dir, tuned_dir)
     rep = analyze_delta(delta, [1, 2, 3], n_starts=1, max_iter=30)
-    fits = [r["fit"] for r in rep.cp_rows]
+    fits = [r.fit for r in rep.cp_rows]
     assert fits == sorted(fits)  # a larger rank never fits worse
-    assert [r["parameters"] for r in rep.cp_rows] == [30, 60, 90]  # r·(16+4+4+2+4)
+    assert [r.parameters for r in rep.cp_rows] == [30, 60, 90]  # r·(16+4+4+2+4)
     assert len(rep.profile_rows) == 8
     # uniform LoRA reaches 100% at full rank 16 of these random 16×16 deltas
-    assert rep.lora_rows[-1]["energy"] == pytest.approx(1.0)
+    assert rep.lora_rows[-1].energy == pytest.approx(1.0)
     e = rep.energy_table[-1]
-    assert e["lora_svd_parameters"] <= e["lora_uniform_parameters"]
+    assert e.lora_svd_parameters <= e.lora_uniform_parameters
     rep.save(tmp_path)
     for f in REPORT_FILES:
         assert (tmp_path / f).stat().st_size > 0
@@ -231,11 +270,13 @@ def test_lora_delta_from_peft_model_matches_merge():
         LoraConfig(r=2, lora_alpha=4, init_lora_weights=False, target_modules=["query", "value"]),
     )
     lr = lora_delta_from_model(pm)
-    assert lr.shape == (16, 4, 4, 2, 4) and len(lr.pairs) == 4  # K and O are zero blocks
+    assert lr.shape == (16, 4, 4, 2, 2) and len(lr.pairs) == 4  # the adapter's Q and V
     merged = pm.merge_and_unload()
     dense = extract_delta(ref, merged).to_dense()
-    np.testing.assert_allclose(lr.to_dense(), dense, atol=1e-6)
-    assert np.count_nonzero(dense[..., 1]) == 0
+    np.testing.assert_allclose(lr.to_dense(), dense[..., [0, 2]], atol=1e-6)
+    assert np.count_nonzero(dense[..., [1, 3]]) == 0
+    qv = extract_delta(ref, merged, targets=["q", "v"])
+    np.testing.assert_allclose(lr.to_dense(), qv.to_dense(), atol=1e-6)
 
 
 def test_grid_and_layout_objects_accepted(tiny_bert_pair):
@@ -244,5 +285,13 @@ def test_grid_and_layout_objects_accepted(tiny_bert_pair):
     _, _, base, tuned = tiny_bert_pair
     d = extract_delta(base, tuned, grid=WeightGrid.from_model(base), layout=Layout.resolve("lorta"))
     assert d.shape == (16, 4, 4, 2, 4)
-    with pytest.raises(ValueError, match="layout must be one of"):
-        extract_delta(base, tuned, layout=Layout.resolve("lora"))
+    # the "lora" layout: one matrix per CP tensor, each exactly tuned − base
+    d = extract_delta(base, tuned, layout=Layout.resolve("lora"))
+    assert len(d.groups) == 8 and all(tuple(p.shape) == (16, 16) for p in d.plans)
+    sb, st = base.state_dict(), tuned.state_dict()
+    keys = {(row[0], row[1]): row[2:] for row in d.matched}
+    for plan, x in zip(d.plans, d.groups):
+        (member,) = plan.members
+        t = d.grid[member.target]
+        kb, kt = keys[(t.layer, t.matrix.upper())]
+        np.testing.assert_allclose(np.asarray(x), (st[kt] - sb[kb]).numpy(), atol=1e-6)
