@@ -21,6 +21,7 @@ from cptensor.errors import CPTensorError
 from cptensor.files import SafetensorsFile
 
 from ..grid import ATTENTION_ROLES
+from ..io import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from .extract import grid_of_shapes, lowrank_delta
 from .sources import (
     MAX_LAYERS,
@@ -107,8 +108,8 @@ def extract_lora_delta(
     """
     d = checked_dir(peft_adapter_dir, "peft_adapter_dir")
     expected = "a PEFT LoRA adapter saved with save_pretrained"
-    cfg_path = checked_file(d, "adapter_config.json", "peft_adapter_dir", expected)
-    w_path = checked_file(d, "adapter_model.safetensors", "peft_adapter_dir", expected)
+    cfg_path = checked_file(d, ADAPTER_CONFIG, "peft_adapter_dir", expected)
+    w_path = checked_file(d, ADAPTER_WEIGHTS, "peft_adapter_dir", expected)
     acfg = read_json_object(cfg_path, "adapter config")
     if _is_own_format(acfg):
         raise CPTensorError(
@@ -273,7 +274,7 @@ def extract_adapter_delta(
     >>> bool(np.allclose(b @ a, dw.numpy(), atol=1e-6))
     True
     """
-    from ..io import ADAPTER_CONFIG, ADAPTER_WEIGHTS, FORMAT
+    from ..io import FORMAT
 
     d = checked_dir(adapter_dir, "adapter_dir")
     cfg_path = checked_file(
