@@ -41,7 +41,13 @@ if TYPE_CHECKING:
     )
     from .grad_align import gradient_init
     from .grid import ATTENTION_ROLES, Target, WeightGrid
-    from .io import SavedAdapter, load_adapter, read_saved_adapter, save_adapter
+    from .io import (
+        SavedAdapter,
+        load_adapter,
+        load_adapter_weights,
+        read_saved_adapter,
+        save_adapter,
+    )
     from .layout import AXES, LAYOUTS, GroupPlan, Layout, plan_groups
     from .model import (
         ParameterReport,
@@ -98,6 +104,7 @@ _LAZY: dict[str, str] = {
     "get_config": ".model",
     "gradient_init": ".grad_align",
     "load_adapter": ".io",
+    "load_adapter_weights": ".io",
     "read_saved_adapter": ".io",
     "SavedAdapter": ".io",
     "merge": ".model",
@@ -162,6 +169,7 @@ __all__ = [
     "get_config",
     "gradient_init",
     "load_adapter",
+    "load_adapter_weights",
     "merge",
     "merge_and_unload",
     "merged_adapters",

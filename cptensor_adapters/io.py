@@ -36,6 +36,7 @@ from .model import (
     update_requires_grad,
 )
 from .modules import iter_save_wrappers
+from .sharding import copy_into, gathered, on_writer
 
 __all__ = [
     "ADAPTER_CONFIG",
@@ -43,6 +44,8 @@ __all__ = [
     "FORMAT",
     "SavedAdapter",
     "load_adapter",
+    "load_adapter_weights",
+    "read_adapter_config",
     "read_saved_adapter",
     "save_adapter",
 ]
@@ -61,11 +64,16 @@ def write_adapter_directory(
 ) -> Path:
     """Write ``adapter_model.safetensors`` and ``adapter_config.json`` into the directory
     ``path`` as one atomic replacement (:func:`~cptensor_adapters._files.replaced_directory`):
-    after a crash at any instant the directory holds the old adapter or the new one."""
+    after a crash at any instant the directory holds the old adapter or the new one.
+    Under ``torch.distributed`` rank 0 writes and every rank returns once it is written."""
     out = Path(path)
-    with replaced_directory(out) as tmp:
-        save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata=metadata)
-        (tmp / ADAPTER_CONFIG).write_bytes(json.dumps(config, indent=2).encode())
+
+    def write() -> None:
+        with replaced_directory(out) as tmp:
+            save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata=metadata)
+            (tmp / ADAPTER_CONFIG).write_bytes(json.dumps(config, indent=2).encode())
+
+    on_writer(write)  # under torch.distributed: rank 0 writes, every rank waits for it
     return out
 
 
@@ -86,8 +94,14 @@ def _adapter_parameters(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
 
 
 def _adapter_tensors(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
-    """What :func:`save_adapter` writes: :func:`_adapter_parameters`, detached, on the CPU."""
-    return {k: p.detach().contiguous().cpu() for k, p in _adapter_parameters(model, name).items()}
+    """What :func:`save_adapter` writes: :func:`_adapter_parameters`, detached, on the CPU
+    (whole tensors on every rank of a model sharded with FSDP2)."""
+    params = _adapter_parameters(model, name)
+    with gathered(model, params.values()):
+        return {
+            k: p.detach().contiguous().cpu().clone()
+            for k, p in _adapter_parameters(model, name).items()
+        }
 
 
 def save_adapter(model: nn.Module, path: str | os.PathLike[str], name: str = "default") -> Path:
@@ -463,6 +477,75 @@ def load_adapter(
     return model
 
 
+def load_adapter_weights(
+    model: nn.Module, path: str | os.PathLike[str], name: str | None = None
+) -> nn.Module:
+    """Copy the factors (and ``modules_to_save`` copies) saved in ``path`` into the
+    adapter ``name`` the model already has, of the same configuration and grid.
+
+    This is how an adapter is loaded into a model sharded with FSDP2, whose parameters
+    must exist before ``fully_shard``: attach the adapter (its config is
+    ``read_saved_adapter(path).config``), shard, then load its weights; each rank writes
+    its own shard. On a plain model it is :func:`load_adapter` for an adapter already attached
+    (what PEFT's ``set_peft_model_state_dict`` does). Every tensor is checked before any
+    is copied, as in :func:`load_adapter`.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        a model with adapter ``name``.
+    path : str or os.PathLike
+        directory written by :func:`save_adapter`.
+    name : str, optional
+        the adapter to load into (default: the saved name).
+
+    Returns
+    -------
+    torch.nn.Module
+        ``model``.
+
+    Raises
+    ------
+    CPTensorError
+        no such adapter, an adapter of another rank, layout, head split, factor dtype or
+        grid, or malformed files (the message names the file).
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> from transformers import BertConfig, BertModel
+    >>> from cptensor_adapters import AdapterConfig, as_cp, attach
+    >>> cfg = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+    ...                  intermediate_size=64)
+    >>> a = attach(BertModel(cfg), AdapterConfig(r=2, init="random", seed=1))
+    >>> b = attach(BertModel(cfg), AdapterConfig(r=2, init="random", seed=2))
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = load_adapter_weights(b, save_adapter(a, d))
+    >>> bool(torch.equal(as_cp(a).factors[0], as_cp(b).factors[0]))
+    True
+    """
+    saved = read_saved_adapter(path)
+    name = check_name(saved.meta["name"] if name is None else name)
+    adapter = require_adapter(model, name)
+    mine, theirs = adapter.config, saved.config
+    diffs = [
+        f"{field}: file {getattr(theirs, field)!r}, model {getattr(mine, field)!r}"
+        for field in ("r", "layout", "head_split", "factor_dtype", "modules_to_save")
+        if getattr(theirs, field) != getattr(mine, field)
+    ]
+    diffs += saved.grid.differences(adapter.grid, labels=("file", "model"))
+    if diffs:
+        raise CPTensorError(
+            f"model: adapter {name!r} differs from the one in {saved.directory}: "
+            + "; ".join(diffs[:8])
+        )
+    tensors = dict(saved.others)
+    for p, fs in zip(saved.plans, saved.factors):
+        tensors.update({f"groups.{p.index}.{mode}": t for mode, t in fs.items()})
+    _copy_into(model, name, tensors, saved.directory)
+    return model
+
+
 @torch.no_grad()
 def _copy_into(model: nn.Module, name: str, tensors: dict[str, torch.Tensor], where: Path) -> None:
     expected = _adapter_parameters(model, name)
@@ -478,5 +561,6 @@ def _copy_into(model: nn.Module, name: str, tensors: dict[str, torch.Tensor], wh
         if not bool(torch.isfinite(t).all()):
             raise CPTensorError(f"path: tensor {key!r} in {file} holds NaN or infinite values")
     for key, p in expected.items():
-        # explicit I/O: the file's CPU tensor goes to the parameter's device and dtype
-        p.copy_(tensors[key].to(device=p.device, dtype=p.dtype))
+        # explicit I/O: the file's CPU tensor goes to the parameter's device and dtype (each
+        # rank's own shard of a parameter sharded with FSDP2)
+        copy_into(p, tensors[key])

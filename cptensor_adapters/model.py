@@ -36,6 +36,7 @@ from .modules import (
     remove_scopes,
     scope_of,
 )
+from .sharding import gathered
 
 __all__ = [
     "ParameterReport",
@@ -423,10 +424,18 @@ def merge(model: nn.Module, name: str | None = None) -> nn.Module:
         )
     names = store.active if name is None else (name,)
     for n in names:
-        require_adapter(model, n)
-        for _, layer in iter_adapter_layers(model):
-            if n in layer.pieces:
-                layer.merge(n)
+        adapter = require_adapter(model, n)
+        # ΔW's factors are read whole (under FSDP2, inside gathered) and added after the
+        # units are resharded, so each rank adds into its own shard of the base weights
+        todo = []
+        factors = [p for g in adapter.groups for p in g.factor_list()]
+        with torch.no_grad(), gathered(model, factors):
+            for _, layer in iter_adapter_layers(model):
+                if n in layer.pieces and n not in layer.merged:
+                    A, B = layer.effective_factors(n)
+                    todo.append((layer, A.detach().clone(), B.detach().clone()))
+        for layer, A, B in todo:
+            layer.merge_factors(n, A, B)
     return model
 
 
@@ -718,7 +727,8 @@ def as_cp(model: nn.Module, name: str = "default", group: int | None = None) -> 
         group = 0
     if isinstance(group, bool) or not isinstance(group, int) or not 0 <= group < len(a.groups):
         raise CPTensorError(f"group: expected 0..{len(a.groups) - 1}, got {group}")
-    factors = [f.detach().clone() for f in a.groups[group].factor_list()]
+    with gathered(model, a.groups[group].factor_list()):  # whole factors under FSDP2
+        factors = [f.detach().clone() for f in a.groups[group].factor_list()]
     weights = torch.full(
         (a.config.r,), a.config.scaling, dtype=factors[0].dtype, device=factors[0].device
     )
@@ -744,9 +754,10 @@ def delta_weights(model: nn.Module, name: str = "default") -> dict[str, torch.Te
     >>> float(d["h.0.attn.c_proj"].abs().sum())  # default init: ΔW = 0
     0.0
     """
-    require_adapter(model, name)
+    adapter = require_adapter(model, name)
     out: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
+    factors = [p for g in adapter.groups for p in g.factor_list()]
+    with torch.no_grad(), gathered(model, factors):  # whole factors under FSDP2
         for _, layer in iter_adapter_layers(model):
             if name in layer.pieces:
                 out.update(layer.delta_weights(name))

@@ -36,6 +36,7 @@ from .config import AdapterConfig
 from .grid import Side, Target, WeightGrid, module_weight
 from .inits import draw_factor
 from .layout import GroupPlan
+from .sharding import add_into
 
 __all__ = [
     "STORE_ATTR",
@@ -470,7 +471,7 @@ class CPAdapterLayer(nn.Module):
                 f"{self.module_path}: adapter factors on {delta.device}, weight on {w.device}; "
                 "move the whole model with model.to(...)"
             )
-        w.add_(delta.to(w.dtype), alpha=sign)
+        add_into(w, delta, sign)  # each rank's own shard of a weight sharded with FSDP2
 
 
 def target_factors(

@@ -22,6 +22,7 @@ from torch import nn
 from .io import write_adapter_directory
 from .model import require_adapter
 from .modules import iter_adapter_layers, iter_save_wrappers
+from .sharding import gathered
 
 __all__ = ["save_as_peft_lora"]
 
@@ -61,7 +62,7 @@ def save_as_peft_lora(
     tensors: dict[str, torch.Tensor] = {}
     ranks: dict[str, int] = {}
     conv1d = []
-    with torch.no_grad():
+    with torch.no_grad(), gathered(model):  # whole factors on every rank under FSDP2
         for mpath, layer in iter_adapter_layers(model):
             if name not in layer.pieces:
                 continue
@@ -74,12 +75,12 @@ def save_as_peft_lora(
             )
             ranks[mpath] = int(A.shape[0])
             conv1d.append(layer.storage == "conv1d")
-    saved = []
-    for mpath, w in iter_save_wrappers(model):
-        if name in w.modules_to_save:
-            saved.append(mpath)
-            for pn, p in w.modules_to_save[name].state_dict().items():
-                tensors[f"base_model.model.{mpath}.{pn}"] = p.detach().contiguous().cpu()
+        saved = []
+        for mpath, w in iter_save_wrappers(model):
+            if name in w.modules_to_save:
+                saved.append(mpath)
+                for pn, p in w.modules_to_save[name].state_dict().items():
+                    tensors[f"base_model.model.{mpath}.{pn}"] = p.detach().contiguous().cpu()
     r = Counter(ranks.values()).most_common(1)[0][0]
     pattern = {re.escape(m): k for m, k in ranks.items() if k != r}
     base_name = getattr(getattr(model, "config", None), "_name_or_path", None) or None

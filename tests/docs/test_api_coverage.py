@@ -41,6 +41,7 @@ MODULES = [
     "cptensor_adapters.inits",
     "cptensor_adapters.optim",
     "cptensor_adapters.grad_align",
+    "cptensor_adapters.sharding",
 ]
 
 DIRECTIVE = re.compile(r"^:::\s+(?P<ident>[\w.]+)\s*$")
