@@ -42,6 +42,7 @@ MODULES = [
     "cptensor_adapters.optim",
     "cptensor_adapters.grad_align",
     "cptensor_adapters.sharding",
+    "cptensor_adapters.trainer",
 ]
 
 DIRECTIVE = re.compile(r"^:::\s+(?P<ident>[\w.]+)\s*$")
