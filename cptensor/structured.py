@@ -48,6 +48,7 @@ Optional members (beyond the protocol) that both classes provide:
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -342,6 +343,7 @@ class BlockTensor:
             raise CPTensorTypeError(f"cache_bytes must be an int, got {type(cache_bytes).__name__}")
         self._cache_bytes = int(cache_bytes)
         self._pcache: dict[str, tuple[list[Array], dict[Key, Array]]] = {}
+        self._shard: frozenset[Key] | None = None
 
     # -- construction helpers ------------------------------------------------------------
     @classmethod
@@ -433,9 +435,51 @@ class BlockTensor:
         """All block keys, in row-major grid order."""
         return self._layout.keys()
 
+    def _owns(self, key: Key) -> bool:
+        return self._shard is None or key in self._shard
+
+    def _own_keys(self) -> Iterator[Key]:
+        """The keys this tensor reads: all, or its shard's (see :meth:`shard`)."""
+        if self._shard is None:
+            return self._layout.keys()
+        return (k for k in self._layout.keys() if k in self._shard)
+
+    def shard(self, index: int, count: int) -> BlockTensor:
+        """The part of this tensor that process ``index`` of ``count`` holds: every
+        ``count``-th block in row-major order, starting at block ``index``. Its
+        contractions (MTTKRP, norms, inner products, products with matrices,
+        :meth:`to_dense`) are sums over its own blocks only, so the sums over all ``count``
+        shards are those of the whole tensor: :class:`SumOverProcesses` adds them up
+        across processes. Blocks are read from the same source; nothing is copied.
+
+        >>> import numpy as np
+        >>> from cptensor import mttkrp
+        >>> x = np.arange(24.0).reshape(2, 3, 4)
+        >>> bt = BlockTensor(x.shape, (0, 1), lambda key: x[:, :, key[0]])
+        >>> parts = [bt.shard(i, 3) for i in range(3)]
+        >>> fs = [np.ones((n, 2)) for n in x.shape]
+        >>> bool(np.allclose(sum(mttkrp(p, fs, 2) for p in parts), mttkrp(x, fs, 2)))
+        True
+        >>> round(sum(p.norm() ** 2 for p in parts), 6) == round(float((x ** 2).sum()), 6)
+        True
+        """
+        n = self._layout.n_blocks
+        for what, v in (("index", index), ("count", count)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise CPTensorTypeError(f"{what} must be an int, got {type(v).__name__}")
+        if not 1 <= count <= n or not 0 <= index < count:
+            raise CPTensorError(
+                f"shard({index}, {count}): expected 1 <= count <= {n} blocks and 0 <= index < count"
+            )
+        out = copy.copy(self)
+        out._shard = frozenset(k for i, k in enumerate(self._layout.keys()) if i % count == index)
+        out._probe = None
+        out._pcache = {}
+        return out
+
     def _probe_block(self) -> tuple[Any, Any]:
         if self._probe is None:
-            b = self.block(next(iter(self._layout.keys())))
+            b = self.block(next(iter(self._own_keys())))
             self._probe = (b.dtype, device(b))
         return self._probe
 
@@ -520,7 +564,7 @@ class BlockTensor:
         store: dict[Key, Array] = {}
         kr = _khatri_rao(used, None, like=mats[0])
         left = math.prod(lay.block_sizes[: self._k])
-        for key in lay.keys():
+        for key in self._own_keys():
             b = self._block_for(key, mats[0])
             xp = namespace(b)
             flat = xp.reshape(b, (left, -1))
@@ -576,7 +620,7 @@ class BlockTensor:
     def norm(self) -> float:
         """``‖X‖``, accumulated in float64 over the blocks."""
         total = 0.0
-        for key in self._layout.keys():
+        for key in self._own_keys():
             total += _sum_sq64(self.block(key))
         return math.sqrt(total)
 
@@ -592,7 +636,7 @@ class BlockTensor:
         and across rows in float64. No cancellation between ``‖X‖²`` and ``‖cp‖²``."""
         cp = _check_cp_shape(cp, self.shape)
         total = 0.0
-        for key in self._layout.keys():
+        for key in self._own_keys():
             b = self._block_for(key, cp.factors[0])
             total += _sum_sq64(b - reconstruct(self._block_cp(cp, key)))
         return math.sqrt(total)
@@ -601,7 +645,7 @@ class BlockTensor:
         """``⟨X, cp⟩`` streamed over the blocks (accumulated in float64)."""
         cp = _check_cp_shape(cp, self.shape)
         total = 0.0
-        for key in self._layout.keys():
+        for key in self._own_keys():
             b = self._block_for(key, cp.factors[0])
             sub = self._block_cp(cp, key)
             xp = namespace(b)
@@ -617,7 +661,7 @@ class BlockTensor:
         jb = [int(mats[m].shape[0]) for m in lay.block_modes]
         jg = [int(mats[m].shape[0]) for m in lay.grid_modes]
         acc = xp.zeros((math.prod(jb), math.prod(jg)), dtype=mats[0].dtype, device=device(mats[0]))
-        for key in lay.keys():
+        for key in self._own_keys():
             t = self._block_for(key, mats[0])
             order = sorted(range(len(jb)), key=lambda j: jb[j] / lay.block_sizes[j])
             for j in order:  # shrink the most-reducing mode first
@@ -639,9 +683,14 @@ class BlockTensor:
         mode = int(mode) % self.ndim
         lay = self._layout
         out = None
+        if self._shard is not None and mode not in lay.block_modes:
+            raise CPTensorError(
+                f"unfolding_gram({mode}) of a shard: a grid mode's Gram pairs blocks of "
+                "different shards; compute it on the whole tensor"
+            )
         if mode in lay.block_modes:
             j = lay.block_modes.index(mode)
-            for key in lay.keys():
+            for key in self._own_keys():
                 b = self.block(key)
                 xp = namespace(b)
                 u = xp.reshape(xp.moveaxis(b, j, 0), (self.shape[mode], -1))
@@ -673,10 +722,14 @@ class BlockTensor:
         return xp.asarray(g, dtype=like.dtype, device=device(like))
 
     def to_dense(self) -> Array:
-        """The dense tensor (for tests and small cases only)."""
+        """The dense tensor (for tests and small cases only; a shard's blocks, zeros
+        elsewhere)."""
         lay = self._layout
-        bs = [self.block(k) for k in lay.keys()]
-        xp = namespace(bs[0])
+        own = {k: self.block(k) for k in self._own_keys()}
+        like = next(iter(own.values()))
+        xp = namespace(like)
+        zero = xp.zeros_like(like)
+        bs = [own.get(k, zero) for k in lay.keys()]
         stacked = xp.reshape(xp.stack(bs), (*lay.grid_sizes, *lay.block_sizes))
         return xp.permute_dims(stacked, lay.dense_axes())
 

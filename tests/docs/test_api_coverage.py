@@ -35,6 +35,7 @@ MODULES = [
     "cptensor.init",
     "cptensor.analysis",
     "cptensor.structured",
+    "cptensor.distributed",
     "cptensor_adapters",
     "cptensor_adapters.deltas",
     "cptensor_adapters.cli",
