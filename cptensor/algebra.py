@@ -171,7 +171,10 @@ def permute(cp: CPTensor, perm: Sequence[int] | Array) -> CPTensor:
 def arrange(cp: CPTensor, order: Sequence[int] | Array | None = None) -> CPTensor:
     """Normalize, then sort components by weight, largest first (Tensor Toolbox ``arrange``).
 
-    With ``order``, apply that permutation instead of sorting (after normalizing).
+    Negative weights are made positive first, their signs moved into the first factor
+    (the tensor is unchanged), so the order is by magnitude: weights ``(-5, 1)`` become
+    ``(5, 1)``. With ``order``, apply that permutation instead of sorting (after
+    normalizing).
 
     >>> import numpy as np
     >>> from cptensor import CPTensor
@@ -179,8 +182,14 @@ def arrange(cp: CPTensor, order: Sequence[int] | Array | None = None) -> CPTenso
     array([5., 1.])
     """
     cp = normalize(_check_cp(cp))
+    xp = cp.xp
+    # weights made non-negative first, their signs absorbed into the first factor (as
+    # Tensor Toolbox and pyttb do), so that sorting orders components by magnitude
+    signs = xp.where(cp.weights < 0, -xp.ones_like(cp.weights), xp.ones_like(cp.weights))
+    if bool(xp.any(signs < 0)):
+        factors = [cp.factors[0] * signs, *cp.factors[1:]]
+        cp = CPTensor(cp.weights * signs, factors)
     if order is None:
-        xp = cp.xp
         order = xp.argsort(-cp.weights, stable=True)
     return permute(cp, order)
 

@@ -402,7 +402,9 @@ def fit_als(
     converged = False
     err2 = math.inf
     err_exact = masked is not None
-    tol_eff = max(tol, eps)
+    # tol=0: run max_iter sweeps (fixed-count benchmarks rely on it); otherwise a tolerance
+    # below round-off means "until the fit stops changing"
+    tol_eff = max(tol, eps) if tol > 0 else None
     bar = progress_bar(progress, max_iter, "ALS")
     rec_flat = None
     if masked is not None:
@@ -538,7 +540,7 @@ def fit_als(
                 stop_reason = f"converged: exact fit (relative error {rel:.2e} at round-off level)"
                 converged = True
                 break
-            if last_fit is not None and not switched:
+            if last_fit is not None and not switched and tol_eff is not None:
                 if abs(fit - last_fit) <= tol_eff * max(abs(last_fit), 1e-300):
                     stop_reason = (
                         f"converged: relative change of the fit below tol={tol:g} "

@@ -366,3 +366,21 @@ def test_einsum_fallback_for_other_array_libraries(spec, sa, sb):
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal(sa), rng.standard_normal(sb)
     assert_allclose(_einsum_broadcast(spec, a, b), np.einsum(spec, a, b))
+
+
+def test_arrange_orders_signed_weights_by_magnitude():
+    """Tensor Toolbox / pyttb: weights made non-negative (signs into the first factor),
+    then sorted: (-5, 1) -> (5, 1), and the tensor is unchanged."""
+    rng = np.random.default_rng(3)
+    fs = [rng.standard_normal((n, 2)) for n in (4, 3, 2)]
+    fs = [f / np.linalg.norm(f, axis=0) for f in fs]
+    cp = ct.CPTensor(np.array([1.0, -5.0]), fs)
+    out = ct.arrange(cp)
+    np.testing.assert_allclose(out.weights, [5.0, 1.0])
+    np.testing.assert_allclose(ct.reconstruct(out), ct.reconstruct(cp), atol=1e-12)
+
+
+def test_fit_als_tol_zero_runs_max_iter():
+    x = np.random.default_rng(0).standard_normal((6, 5, 4))
+    res = ct.fit_als(x, 3, tol=0, max_iter=200, seed=0)
+    assert res.n_iter == 200 and not res.converged
