@@ -42,6 +42,7 @@ import numpy as np
 
 from ._backend import Array
 from .errors import CPTensorTypeError
+from .operator import is_operator
 
 __all__ = ["SumOverProcesses", "torch_sum"]
 
@@ -67,10 +68,9 @@ def torch_sum(group: Any = None) -> Callable[[Array], Array]:
             t = value.detach().clone().contiguous()
             dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
             return t
-        a = np.ascontiguousarray(value)
-        t = torch.from_numpy(a.copy())
+        t = torch.from_numpy(np.array(value, copy=True, order="C"))  # reduced in place
         dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
-        return t.numpy().astype(a.dtype, copy=False)
+        return t.numpy()
 
     return reduce
 
@@ -107,7 +107,7 @@ class SumOverProcesses:
     __cptensor_operator__ = True
 
     def __init__(self, local: Any, reduce: Callable[[Array], Array] | None = None) -> None:
-        if not getattr(type(local), "__cptensor_operator__", False):
+        if not is_operator(local):
             raise CPTensorTypeError(
                 f"local: expected a tensor operator (e.g. BlockTensor.shard(...)), got "
                 f"{type(local).__name__}"

@@ -85,11 +85,6 @@ def _target_gradients(
     return out
 
 
-def _group_tensor(plan: Any, grads: Mapping[str, torch.Tensor], dtype: torch.dtype) -> Any:
-    """The negated gradient of one CP group, laid out as the group's CP tensor."""
-    return group_tensor(plan, lambda m: -grads[m.target].to(dtype))
-
-
 @torch.no_grad()
 def _set_factors(adapter: AdapterFactors, group: int, cp: Any) -> None:
     g = adapter.groups[group]
@@ -194,7 +189,7 @@ def gradient_init(
     grads = _target_gradients(model, adapter, batches, loss or _default_loss)
     fits = []
     for plan in adapter.plans:
-        x = _group_tensor(plan, grads, adapter.dtype)
+        x = group_tensor(plan, lambda m: -grads[m.target].to(adapter.dtype))
         fit = fit_als(
             x,
             adapter.config.r,

@@ -98,6 +98,7 @@ def _adapter_tensors(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
     (whole tensors on every rank of a model sharded with FSDP2)."""
     params = _adapter_parameters(model, name)
     with gathered(model, params.values()):
+        # fetched again: unsharding puts whole parameters in place of the sharded ones
         return {
             k: p.detach().contiguous().cpu().clone()
             for k, p in _adapter_parameters(model, name).items()

@@ -462,15 +462,18 @@ def group_tensor(plan: GroupPlan, read: Callable[[Member], Any], dtype: Any = No
         (member,) = plan.members
         return _block(read, member)
     sizes = tuple(plan.shape[i] for i in inner)
+    zero: list[Any] = []  # made once, from the first block read, when a zero block is needed
 
     def block(key: tuple[int, ...]) -> Any:
         member = by_key.get(tuple(int(k) for k in key))
         out = None if member is None else _block(read, member)
-        if out is None:  # a zero block of the library, dtype and device of the others
+        if out is not None:
+            return out
+        if not zero:  # of the library, dtype and device of the other blocks
             like = next(b for b in map(lambda m: _block(read, m), plan.members) if b is not None)
             xp = array_namespace(like)
-            return xp.zeros(sizes, dtype=like.dtype, device=getattr(like, "device", None))
-        return out
+            zero.append(xp.zeros(sizes, dtype=like.dtype, device=getattr(like, "device", None)))
+        return zero[0]
 
     return BlockTensor(plan.shape, inner, block, dtype=dtype)
 

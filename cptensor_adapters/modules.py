@@ -436,19 +436,10 @@ class CPAdapterLayer(nn.Module):
 
     # ------------------------------------------------------------------ merge
     @torch.no_grad()
-    def merge(self, name: str) -> None:
-        """Add adapter ``name``'s ``ΔW`` into the base weight, keeping the factors it was
-        computed from (``O(r·d)``) so that :meth:`unmerge` subtracts exactly what was added,
-        even if the adapter's factors change in the meantime."""
-        if name in self.merged:
-            return
-        A, B = self.effective_factors(name)
-        self.merge_factors(name, A.detach().clone(), B.detach().clone())
-
-    @torch.no_grad()
     def merge_factors(self, name: str, A: torch.Tensor, B: torch.Tensor) -> None:
-        """Add ``B·A`` into the base weight as adapter ``name``'s merged update (what
-        :meth:`unmerge` will subtract)."""
+        """Add ``B·A`` into the base weight as adapter ``name``'s merged update, keeping
+        the factors (``O(r·d)``) so that :meth:`unmerge` subtracts exactly what was added,
+        even if the adapter's factors change in the meantime (``merge`` passes snapshots)."""
         self._add_to_weight(B @ A, +1)
         self._merged_factors[name] = (A, B)
         self.merged.append(name)

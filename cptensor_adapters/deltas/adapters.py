@@ -22,7 +22,7 @@ from cptensor.files import SafetensorsFile
 
 from ..grid import ATTENTION_ROLES
 from ..io import ADAPTER_CONFIG, ADAPTER_WEIGHTS
-from .extract import grid_of_shapes, lowrank_delta
+from .extract import grid_of_shapes, lowrank_delta, target_pair
 from .sources import (
     MAX_LAYERS,
     checked_dir,
@@ -159,11 +159,7 @@ def extract_lora_delta(
         orientation="linear",
     )
     _check_layers(grid, cfg, cfg_path)
-    pairs = {
-        t.name: (b[t.out_offset : t.out_offset + t.out_features], a)
-        for t in grid.targets
-        for b, a in [factors[t.module]]
-    }
+    pairs = {t.name: target_pair(t, *factors[t.module]) for t in grid.targets}
     keys = {t.name: (t.module,) for t in grid.targets}
     notes = [
         f"adapter: PEFT LoRA on {len(pairs)} matrices of a {grid.architecture}-style model, "

@@ -17,7 +17,7 @@ from cptensor.errors import CPTensorError
 from ..grid import Target, WeightGrid
 from ..layout import Layout, group_tensor, lowrank_group_tensor, plan_groups
 from .sources import WeightSource
-from .tensors import DeltaTensor, LowRankDelta, matrix_label
+from .tensors import DeltaTensor, LowRankDelta, plan_label
 
 __all__ = ["extract_delta", "lora_delta_from_model", "lowrank_delta_from_weights"]
 
@@ -208,7 +208,7 @@ def extract_delta(
     notes = [
         f"base: {_describe(gb)} ({src_b.description})",
         f"tuned: {_describe(gt)} ({src_t.description})",
-        f"layout {layout_.name!r}: {len(plans)} CP tensor(s): {_plans_phrase(gt, plans)}",
+        layout_note(layout_, gt, plans),
     ]
     if pre_b != pre_t:
         notes.append(
@@ -240,14 +240,13 @@ def _describe(grid: WeightGrid) -> str:
     return text
 
 
-def _plans_phrase(grid: WeightGrid, plans: Any) -> str:
-    parts = []
-    for p in plans:
-        mats = dict.fromkeys(matrix_label(grid[m.target].matrix) for m in p.members)
-        parts.append(f"{', '.join(mats)} {tuple(p.shape)}")
+def layout_note(layout: Layout, grid: WeightGrid, plans: Any) -> str:
+    """The note saying how a delta is laid out: the layout and each CP tensor's matrices
+    and shape (the first three of many)."""
+    parts = [f"{plan_label(grid, p)} {tuple(p.shape)}" for p in plans]
     if len(parts) > 4:
         parts = [*parts[:3], f"... ({len(parts) - 3} more)"]
-    return "; ".join(parts)
+    return f"layout {layout.name!r}: {len(plans)} CP tensor(s): " + "; ".join(parts)
 
 
 def lowrank_delta(
@@ -266,14 +265,11 @@ def lowrank_delta(
     if plans is None:
         plans = plan_groups(grid, layout_, head_split)
     groups = [lowrank_group_tensor(p, lambda m: pairs.get(m.target)) for p in plans]
-    notes = [
-        *notes,
-        f"layout {layout_.name!r}: {len(plans)} CP tensor(s): {_plans_phrase(grid, plans)}",
-    ]
+    notes = [*notes, layout_note(layout_, grid, plans)]
     return LowRankDelta(grid, layout_, plans, groups, keys, notes, pairs=pairs, config=config)
 
 
-def _slice_pair(t: Target, b: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def target_pair(t: Target, b: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The rows of a module's ``B`` that belong to target ``t`` (a fused module's slice)."""
     return b[t.out_offset : t.out_offset + t.out_features], a
 
@@ -405,6 +401,6 @@ def lora_delta_from_model(
         orientation="linear",
         geometry=head_geometry(n_heads),
     )
-    pairs = {t.name: _slice_pair(t, *factors[t.module]) for t in grid.targets}
+    pairs = {t.name: target_pair(t, *factors[t.module]) for t in grid.targets}
     keys = {t.name: (t.module,) for t in grid.targets}
     return lowrank_delta(grid, pairs, keys, [_describe(grid)], {}, layout)

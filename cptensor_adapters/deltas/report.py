@@ -22,7 +22,7 @@ from cptensor.errors import CPTensorError, CPTensorTypeError
 from cptensor.files import jsonable
 
 from ..layout import target_matrix
-from .tensors import Delta
+from .tensors import Delta, tensor_norm
 
 __all__ = [
     "DEFAULT_ENERGIES",
@@ -623,7 +623,7 @@ def analyze_delta(
 
     what = f"{len(groups)} tensors {list(shapes)}" if len(groups) > 1 else f"a {shapes[0]} tensor"
     say(f"CP rank sweep over ranks {ranks} ({n_starts} start(s) each) of {what}")
-    norms = [_group_norm(g) for g in groups]
+    norms = [tensor_norm(g) for g in groups]
     sweeps = _sweep_groups(
         groups,
         norms,
@@ -683,11 +683,3 @@ def analyze_delta(
         seconds=time.perf_counter() - t0,
         title=title,
     )
-
-
-def _group_norm(x: Any) -> float:
-    if isinstance(x, np.ndarray):
-        return float(np.linalg.norm(x))
-    if hasattr(x, "norm"):
-        return float(x.norm())
-    return float(np.linalg.norm(np.asarray(x)))

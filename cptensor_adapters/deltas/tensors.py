@@ -23,13 +23,29 @@ from cptensor.errors import CPTensorError
 from ..grid import ATTENTION_ROLES, Target, WeightGrid
 from ..layout import GroupPlan, Layout
 
-__all__ = ["Delta", "DeltaTensor", "LowRankDelta", "matrix_label"]
+__all__ = ["Delta", "DeltaTensor", "LowRankDelta", "matrix_label", "plan_label", "tensor_norm"]
 
 
 def matrix_label(matrix: str) -> str:
     """How reports name a matrix: ``"Q"``, ``"K"``, ``"V"``, ``"O"`` for the attention
     roles, the module path inside its layer otherwise (``"mlp.up_proj"``)."""
     return matrix.upper() if matrix in ATTENTION_ROLES else matrix
+
+
+def plan_label(grid: WeightGrid, plan: GroupPlan) -> str:
+    """``"Q, O"``-style label of a CP tensor's matrices (and its layer, if grouped by it)."""
+    mats = dict.fromkeys(matrix_label(grid[m.target].matrix) for m in plan.members)
+    label = ", ".join(mats)
+    if "layer" in plan.key:
+        label += f" of layer {plan.key['layer']}"
+    return label
+
+
+def tensor_norm(x: Any) -> float:
+    """The Frobenius norm of a CP tensor of a delta (a dense block or an operator)."""
+    if isinstance(x, np.ndarray) or not hasattr(x, "norm"):
+        return float(np.linalg.norm(np.asarray(x)))
+    return float(x.norm())
 
 
 def _order(t: Target) -> tuple[int, int, str]:
@@ -113,17 +129,12 @@ class Delta:
 
     def norm(self) -> float:
         """``‖ΔW‖`` over every group (Frobenius)."""
-        return math.sqrt(sum(_norm(g) ** 2 for g in self.groups))
+        return math.sqrt(sum(tensor_norm(g) ** 2 for g in self.groups))
 
     # ------------------------------------------------------------------- groups
     def group_label(self, index: int) -> str:
         """``"Q, O"``-style label of a group's matrices (and its layer, if grouped by it)."""
-        plan = self.plans[index]
-        mats = dict.fromkeys(matrix_label(self.grid[m.target].matrix) for m in plan.members)
-        label = ", ".join(mats)
-        if "layer" in plan.key:
-            label += f" of layer {plan.key['layer']}"
-        return label
+        return plan_label(self.grid, self.plans[index])
 
     def describe_groups(self) -> str:
         """One phrase per group: its matrices and shape."""
@@ -145,12 +156,6 @@ class Delta:
         """``(layer, matrix label, ΔW)`` per target (``out × in``); for a low-rank delta the
         pair ``(B_scaled, Aᵀ)`` with ``ΔW = B_scaled · A``."""
         raise NotImplementedError  # pragma: no cover - each kind defines it
-
-
-def _norm(x: Any) -> float:
-    if hasattr(x, "norm") and not isinstance(x, np.ndarray):
-        return float(x.norm())
-    return float(np.linalg.norm(np.asarray(x)))
 
 
 class DeltaTensor(Delta):

@@ -380,6 +380,21 @@ def test_arrange_orders_signed_weights_by_magnitude():
     np.testing.assert_allclose(ct.reconstruct(out), ct.reconstruct(cp), atol=1e-12)
 
 
+@given(
+    cp=cp_tensors(rank=st.integers(1, 4)),
+    signs=st.lists(st.sampled_from([-1.0, 1.0]), min_size=4, max_size=4),
+)
+@settings(max_examples=40, deadline=None)
+def test_arrange_signed_weights_property(cp, signs):
+    """For any CP tensor with weights of any signs: arrange gives non-negative weights in
+    decreasing order and the same tensor."""
+    signed = ct.CPTensor(cp.weights * np.asarray(signs[: cp.rank]), cp.factors)
+    out = ct.arrange(signed)
+    w = to_numpy(out.weights)
+    assert (w >= 0).all() and (np.diff(w) <= 1e-12 * max(1.0, w.max())).all()
+    assert_allclose(ct.reconstruct(out), ct.reconstruct(signed), atol=1e-10)
+
+
 def test_fit_als_tol_zero_runs_max_iter():
     x = np.random.default_rng(0).standard_normal((6, 5, 4))
     res = ct.fit_als(x, 3, tol=0, max_iter=200, seed=0)
