@@ -14,7 +14,7 @@ is given and returning results of the same backend, device and dtype.
 True
 """
 
-from . import init
+from . import init, plot
 from .algebra import arrange, cp_mode_product, fix_signs, inner, norm, normalize, permute
 from .analysis import (
     congruence,
@@ -26,7 +26,7 @@ from .analysis import (
     rank_sweep,
     score,
 )
-from .cp import CPTensor
+from .cp import CPTensor, as_cp
 from .errors import CPTensorError
 from .fit import CPFit, fit_als, fit_gradient
 from .operator import TensorOperator, is_operator
@@ -52,6 +52,7 @@ __all__ = [
     "TensorOperator",
     "__version__",
     "arrange",
+    "as_cp",
     "cp_mode_product",
     "entries",
     "fit_als",
@@ -71,6 +72,7 @@ __all__ = [
     "norm",
     "normalize",
     "permute",
+    "plot",
     "reconstruct",
     "reconstruct_unfolded",
     "unfold",

@@ -67,6 +67,34 @@ def is_floating(x: Array) -> bool:
     return np.dtype(x.dtype).kind == "f"
 
 
+def is_complex(x: Array) -> bool:
+    """True when ``x`` has a complex floating dtype (complex64 or complex128)."""
+    if is_torch(x):
+        return bool(x.dtype.is_complex)
+    return np.dtype(x.dtype).kind == "c"
+
+
+def is_inexact(x: Array) -> bool:
+    """True when ``x`` has a real or complex floating dtype."""
+    return is_floating(x) or is_complex(x)
+
+
+def conj(x: Array) -> Array:
+    """The complex conjugate of ``x``; ``x`` itself (no copy) when it is real."""
+    if not is_complex(x):
+        return x
+    return namespace(x).conj(x)
+
+
+def abs2(x: Array) -> Array:
+    """``|x|²`` elementwise, real-valued: ``x * x`` for real ``x``, ``re² + im²`` for complex."""
+    if not is_complex(x):
+        return x * x
+    xp = namespace(x)
+    re, im = xp.real(x), xp.imag(x)
+    return re * re + im * im
+
+
 def device(x: Array) -> Any:
     """The device of ``x`` (``"cpu"`` for NumPy)."""
     return array_api_compat.device(x)
@@ -122,13 +150,18 @@ def shape_tuple(x: Array) -> tuple[int, ...]:
 
 
 def float64_of(xp: Any, x: Array) -> Array:
-    """``x`` in float64 on its own device (used to accumulate sums that cancel)."""
+    """``x`` in float64 (complex128 for complex ``x``) on its own device (used to
+    accumulate sums that cancel)."""
     if is_torch(x):
         import torch
 
+        if x.dtype.is_complex:
+            return x.to(torch.complex64 if x.device.type == "mps" else torch.complex128)
         if x.device.type == "mps":  # MPS has no float64
             return x.to(torch.float32)
         return x.to(torch.float64)
+    if is_complex(x):
+        return xp.astype(x, xp.complex128)
     return xp.astype(x, xp.float64)
 
 

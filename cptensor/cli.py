@@ -310,18 +310,17 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     cols = ["rank", "best_fit", "fit_spread", "core_consistency", "stability", "degeneracy"]
     lines = [
         f"rank sweep of a {x.shape} tensor ({args.starts} start(s) per rank)",
-        "  ".join(f"{c:>16s}" for c in cols),
+        "  ".join(f"{c:>16s}" for c in cols) + "  verdict",
     ]
     for row in sw.rows:
         lines.append(
             "  ".join(
                 f"{row[c]:>16d}" if isinstance(row[c], int) else f"{row[c]:>16.4f}" for c in cols
             )
+            + f"  {row['why']}"
         )
-    lines.append(
-        f"recommended rank: {sw.recommended_rank} (largest rank with core "
-        "consistency >= 80%, stability >= 0.9, degeneracy >= -0.85 at it and below)"
-    )
+    lines.append(f"recommended rank: {sw.recommended_rank}")
+    lines.append(f"rule: {sw.rule}")
     if args.out:
         lines.append(f"wrote {args.out}/sweep.json and sweep.png")
     emit(args, payload, "\n".join(lines))
@@ -408,8 +407,10 @@ def add_cp_commands(sub: Any) -> None:
         help="rank sweep of a tensor in a .npy file",
         description="Fit every rank of a range from several starts "
         "(cptensor.analysis.rank_sweep) and report fit, spread, "
-        "core consistency, stability, degeneracy and a "
-        "recommended rank.",
+        "core consistency (modes smaller than the rank merged), stability, "
+        "degeneracy, whether each rank passes the rank rule and why, and the "
+        "recommended rank: the largest swept rank that passes (the rule is "
+        "printed with the result).",
     )
     tensor_argument(s)
     sweep_options(s, ranks_help="ranks to sweep, e.g. 1-8 or 1,2,4 (default %(default)s)", starts=5)

@@ -2,9 +2,10 @@
 
 Every initializer returns a :class:`~cptensor.CPTensor` with unit weights on the backend,
 device and dtype of its reference (``x`` for :func:`svd`, ``like`` for :func:`random` and
-:func:`orthogonal`). Random numbers come from a seeded NumPy ``Generator`` (``seed`` may be
-an int, a ``numpy.random.Generator`` or ``None`` for fresh entropy) and are then placed on
-the target device, so the same seed gives the same factors on every backend and device.
+:func:`orthogonal`); complex dtypes (complex64, complex128) give complex factors. Random
+numbers come from a seeded NumPy ``Generator`` (``seed`` may be an int, a
+``numpy.random.Generator`` or ``None`` for fresh entropy) and are then placed on the target
+device, so the same seed gives the same factors on every backend and device.
 """
 
 from __future__ import annotations
@@ -17,16 +18,19 @@ import numpy as np
 
 from ._backend import (
     Array,
+    conj,
     contiguous,
     device,
     is_array,
-    is_floating,
+    is_complex,
+    is_inexact,
     namespace,
     shape_tuple,
     to_numpy,
 )
 from .cp import CPTensor
 from .errors import CPTensorError, CPTensorTypeError
+from .keywords import tensorly_keywords
 from .operator import is_operator
 
 __all__ = ["orthogonal", "random", "svd"]
@@ -78,8 +82,8 @@ def _placement(like: Any, dtype: Any, dev: Any) -> tuple[Any, Any, Any]:
                 "the factors are NumPy arrays on the CPU"
             )
         dt = np.dtype(np.float64 if dtype is None else dtype)
-        if dt.kind != "f":
-            raise CPTensorTypeError(f"dtype must be a floating dtype, got {dt}")
+        if dt.kind not in "fc":
+            raise CPTensorTypeError(f"dtype must be a floating or complex dtype, got {dt}")
         return namespace(np.zeros(1)), dt, "cpu"
     if not is_array(like):
         raise CPTensorTypeError(
@@ -90,8 +94,15 @@ def _placement(like: Any, dtype: Any, dev: Any) -> tuple[Any, Any, Any]:
     return xp, dt, device(like) if dev is None else dev
 
 
+def _dtype_is_complex(dt: Any) -> bool:
+    """True for a complex NumPy or torch dtype."""
+    if type(dt).__module__.startswith("torch"):
+        return bool(dt.is_complex)
+    return np.dtype(dt).kind == "c"
+
+
 def _seeded_factors(
-    draw: Callable[[np.random.Generator, int, int], np.ndarray],
+    draw: Callable[[np.random.Generator, int, int, bool], np.ndarray],
     shape: Any,
     rank: Any,
     like: Any,
@@ -99,25 +110,29 @@ def _seeded_factors(
     dev: Any,
     seed: Any,
 ) -> CPTensor:
-    """Validate the arguments, then ``draw(rng, I_n, rank)`` each factor and place it."""
+    """Validate the arguments, then ``draw(rng, I_n, rank, complex)`` each factor and place
+    it."""
     shape = _check_shape(shape)
     rank = _check_rank(rank)
     xp, dt, dev = _placement(like, dtype, dev)
     rng = _rng(seed)
-    factors = [xp.asarray(draw(rng, s, rank), dtype=dt, device=dev) for s in shape]
+    cplx = _dtype_is_complex(dt)
+    factors = [xp.asarray(draw(rng, s, rank, cplx), dtype=dt, device=dev) for s in shape]
     return CPTensor(None, factors)
 
 
 def _with_random_unit_columns(rng: np.random.Generator, u: np.ndarray, rank: int) -> np.ndarray:
-    """``u`` (``size × k``) with ``rank − k`` random unit columns appended (``u`` if none)."""
+    """``u`` (``size × k``) with ``rank − k`` random unit columns appended (``u`` if none;
+    complex columns for a complex ``u``)."""
     size, k = u.shape
     if rank <= k:
         return u
-    extra = rng.standard_normal((size, rank - k))
+    extra = _normal_columns(rng, size, rank - k, np.iscomplexobj(u))
     extra /= np.linalg.norm(extra, axis=0, keepdims=True)
     return np.concatenate([u, extra], axis=1)
 
 
+@tensorly_keywords("init.random")
 def random(
     shape: Sequence[int],
     rank: int,
@@ -128,6 +143,9 @@ def random(
     seed: Seed = None,
 ) -> CPTensor:
     """A CP tensor with standard normal factor entries and unit weights.
+
+    For a complex dtype the entries are standard complex normal, ``(g + i·h)/√2`` with
+    ``g, h`` independent standard normal (unit expected ``|a|²``).
 
     Parameters
     ----------
@@ -160,19 +178,32 @@ def random(
     return _seeded_factors(_normal_columns, shape, rank, like, dtype, device, seed)
 
 
-def _normal_columns(rng: np.random.Generator, size: int, rank: int) -> np.ndarray:
-    """``(size, rank)`` standard normal entries."""
-    return rng.standard_normal((size, rank))
+def _normal_columns(
+    rng: np.random.Generator, size: int, rank: int, cplx: bool = False
+) -> np.ndarray:
+    """``(size, rank)`` standard normal entries (standard complex normal if ``cplx``)."""
+    if not cplx:
+        return rng.standard_normal((size, rank))
+    parts = rng.standard_normal((2, size, rank))
+    return (parts[0] + 1j * parts[1]) / np.sqrt(2.0)
 
 
-def _orthonormal_columns(rng: np.random.Generator, size: int, rank: int) -> np.ndarray:
+def _orthonormal_columns(
+    rng: np.random.Generator, size: int, rank: int, cplx: bool = False
+) -> np.ndarray:
     """``(size, rank)`` with orthonormal columns; beyond ``size`` columns, random unit ones."""
     k = min(size, rank)
-    q, r = np.linalg.qr(rng.standard_normal((size, k)))
-    q = q * np.where(np.diag(r) < 0, -1.0, 1.0)  # unique (sign-fixed) QR
+    q, r = np.linalg.qr(_normal_columns(rng, size, k, cplx))
+    d = np.diag(r)
+    if cplx:  # unique QR: diag(r) real positive
+        mag = np.abs(d)
+        q = q * np.where(mag > 0, d / np.where(mag > 0, mag, 1.0), 1.0)
+    else:
+        q = q * np.where(d < 0, -1.0, 1.0)  # unique (sign-fixed) QR
     return _with_random_unit_columns(rng, q, rank)
 
 
+@tensorly_keywords("init.orthogonal")
 def orthogonal(
     shape: Sequence[int],
     rank: int,
@@ -183,6 +214,8 @@ def orthogonal(
     seed: Seed = None,
 ) -> CPTensor:
     """A CP tensor whose factors have orthonormal columns (random, seeded), unit weights.
+
+    Orthonormal in the Hermitian sense (``AᴴA = I``) for a complex dtype.
 
     Where ``rank`` exceeds a mode's size ``I_n``, the first ``I_n`` columns of that factor
     are an orthonormal basis and the rest are random unit vectors. Arguments as for
@@ -225,10 +258,10 @@ def _unfold_chunks(x: Array, mode: int) -> Iterator[tuple[int, int, Array]]:
 
 
 def _gram(x: Array, mode: int) -> Array:
-    """``X_(n) X_(n)ᵀ`` (``I_n × I_n``) without a full unfolding copy."""
+    """``X_(n) X_(n)ᴴ`` (``I_n × I_n``; ``ᵀ`` for real x) without a full unfolding copy."""
     out = None
     for _, _, z in _unfold_chunks(x, mode):
-        g = z @ z.T
+        g = z @ conj(z).T
         out = g if out is None else out + g
     return out
 
@@ -243,23 +276,31 @@ def _unfold_times(x: Array, mode: int, b: Array) -> Array:
 
 
 def _times_unfold(x: Array, mode: int, u: Array) -> Array:
-    """``uᵀ @ X_(n)`` for ``u`` of shape ``(I_n, k)``: shape ``(k, ∏_{k≠n} I_k)``."""
+    """``uᴴ @ X_(n)`` for ``u`` of shape ``(I_n, k)``: shape ``(k, ∏_{k≠n} I_k)``."""
     xp = namespace(x)
-    parts = [u.T @ z for _, _, z in _unfold_chunks(x, mode)]
+    parts = [conj(u).T @ z for _, _, z in _unfold_chunks(x, mode)]
     return parts[0] if len(parts) == 1 else xp.concat(parts, axis=1)
 
 
 def _sign_fix(u: np.ndarray) -> np.ndarray:
-    """Make the largest-magnitude entry of each column positive (deterministic signs)."""
+    """Make the largest-magnitude entry of each column positive (deterministic signs; for
+    complex columns, the phase that makes it real and positive)."""
     if u.size == 0:
         return u
     idx = np.argmax(np.abs(u), axis=0)
-    signs = np.sign(u[idx, np.arange(u.shape[1])])
+    top = u[idx, np.arange(u.shape[1])]
+    if np.iscomplexobj(u):
+        mag = np.abs(top)
+        return u * np.where(mag > 0, np.conj(top) / np.where(mag > 0, mag, 1.0), 1.0)
+    signs = np.sign(top)
     return u * np.where(signs == 0, 1.0, signs)
 
 
 def _leading_vectors_dense(x: Array, mode: int, k: int, rng: np.random.Generator) -> np.ndarray:
-    """The ``k`` leading left singular vectors of ``X_(mode)`` as float64 NumPy."""
+    """The ``k`` leading left singular vectors of ``X_(mode)`` as float64 (complex128 for
+    complex ``x``) NumPy."""
+    cplx = is_complex(x)
+    f64 = np.complex128 if cplx else np.float64
     shape = shape_tuple(x)
     size = shape[mode]
     other = math.prod(shape) // size
@@ -268,30 +309,31 @@ def _leading_vectors_dense(x: Array, mode: int, k: int, rng: np.random.Generator
         # Randomized range finder (Halko, Martinsson & Tropp 2011), 2 power iterations.
         xp = namespace(x)
         p = min(size, k + 10)
-        omega = xp.asarray(rng.standard_normal((other, p)), dtype=x.dtype, device=device(x))
+        omega = xp.asarray(_normal_columns(rng, other, p, cplx), dtype=x.dtype, device=device(x))
         y = _unfold_times(x, mode, omega)
         for _ in range(2):
             q = xp.linalg.qr(y)[0]
-            q = xp.linalg.qr(_times_unfold(x, mode, q).T)[0]
+            q = xp.linalg.qr(conj(_times_unfold(x, mode, q)).T)[0]  # qr(X_(n)ᴴ q)
             y = _unfold_times(x, mode, q)
-        q = to_numpy(xp.linalg.qr(y)[0]).astype(np.float64)
+        q = to_numpy(xp.linalg.qr(y)[0]).astype(f64)
         b = to_numpy(_times_unfold(x, mode, xp.asarray(q, dtype=x.dtype, device=device(x))))
-        u_small, _, _ = np.linalg.svd(b.astype(np.float64), full_matrices=False)
+        u_small, _, _ = np.linalg.svd(b.astype(f64), full_matrices=False)
         return q @ u_small[:, :k]
     if size <= other:
-        g = to_numpy(_gram(x, mode)).astype(np.float64)
-        vals, vecs = np.linalg.eigh((g + g.T) / 2)
+        g = to_numpy(_gram(x, mode)).astype(f64)
+        vals, vecs = np.linalg.eigh((g + g.conj().T) / 2)
         return vecs[:, ::-1][:, :k]
     # Mode larger than the rest: Gram on the small side, U = X_(n) V Σ⁻¹.
     xp = namespace(x)
-    xn = to_numpy(xp.reshape(xp.moveaxis(x, mode, 0), (size, other))).astype(np.float64)
-    vals, vecs = np.linalg.eigh(xn.T @ xn)
+    xn = to_numpy(xp.reshape(xp.moveaxis(x, mode, 0), (size, other))).astype(f64)
+    vals, vecs = np.linalg.eigh(xn.conj().T @ xn)
     vals, vecs = vals[::-1][:k], vecs[:, ::-1][:, :k]
     u = xn @ vecs
     norms = np.linalg.norm(u, axis=0)
     return u / np.where(norms > 0, norms, 1.0)
 
 
+@tensorly_keywords("init.svd")
 def svd(x: Any, rank: int, *, seed: Seed = None) -> CPTensor:
     """HOSVD-style initialisation: the leading left singular vectors of each unfolding.
 
@@ -302,7 +344,10 @@ def svd(x: Any, rank: int, *, seed: Seed = None) -> CPTensor:
     exceeds ``I_n``, the remaining columns are random unit vectors drawn from ``seed``.
     Column signs are fixed (largest entry positive) so the result is deterministic. The
     eigen-decompositions of the small Gram matrices run in float64 on the host; the
-    factors are returned on ``x``'s backend, device and dtype, with unit weights.
+    factors are returned on ``x``'s backend, device and dtype, with unit weights. For
+    complex ``x`` these are the left singular vectors of the complex unfoldings (Gram
+    ``X_(n) X_(n)ᴴ``, eigen-decomposed in complex128), each column's phase fixed so
+    that its largest entry is real and positive.
 
     ``x`` may be a :class:`~cptensor.operator.TensorOperator` that provides
     ``gram(mode)`` (the ``I_n × I_n`` matrix ``X_(n) X_(n)ᵀ``); other operators raise
@@ -345,9 +390,10 @@ def svd(x: Any, rank: int, *, seed: Seed = None) -> CPTensor:
         namespace(x, names=["x"])
         if x.ndim < 1:
             raise CPTensorError(f"x must have at least one mode, got shape {shape_tuple(x)}")
-        if not is_floating(x):
+        if not is_inexact(x):
             raise CPTensorTypeError(
-                f"x must have a floating dtype (float32/float64), got {x.dtype}"
+                f"x must have a floating or complex dtype (float32/float64, "
+                f"complex64/complex128), got {x.dtype}"
             )
         shape = shape_tuple(x)
         like = x

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import Array, device, is_array, namespace, shape_tuple, validate_mode
-from .cp import CPTensor
+from .cp import CPTensor, as_cp
 from .errors import CPTensorError, CPTensorTypeError
 from .products import _best_split, _khatri_rao_t
 
@@ -17,9 +17,7 @@ __all__ = ["entries", "fix_modes", "reconstruct", "reconstruct_unfolded"]
 
 
 def _check_cp(cp: Any, name: str = "cp") -> CPTensor:
-    if not isinstance(cp, CPTensor):
-        raise CPTensorTypeError(f"{name} must be a cptensor.CPTensor, got {type(cp).__name__}")
-    return cp
+    return as_cp(cp, name)
 
 
 def reconstruct(cp: CPTensor) -> Array:

@@ -45,8 +45,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from ._backend import Array, is_array, is_torch, to_numpy
-from .cp import CPTensor
-from .errors import CPTensorError, CPTensorTypeError
+from .cp import CPTensor, as_cp
+from .errors import CPTensorError
 
 __all__ = [
     "LowRankTensor",
@@ -408,14 +408,7 @@ def assert_allclose(
 
 
 def _as_cp(x: Any, name: str) -> CPTensor:
-    if isinstance(x, CPTensor):
-        return x
-    try:
-        return CPTensor.from_tensorly(x)
-    except (TypeError, ValueError) as err:
-        raise CPTensorTypeError(
-            f"{name} must be a CPTensor or a (weights, factors) pair, got {type(x).__name__}"
-        ) from err
+    return as_cp(x, name)
 
 
 def assert_cp_equivalent(

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from .._backend import to_numpy
-from ..cp import CPTensor
-from ..errors import CPTensorError, CPTensorTypeError
+from ..cp import CPTensor, as_cp
+from ..errors import CPTensorError
 
 __all__ = ["Score", "congruence", "congruence_matrix", "score"]
 
@@ -58,24 +58,28 @@ class Score:
 
 
 def _normalized_numpy(cp: CPTensor) -> tuple[np.ndarray, list[np.ndarray]]:
-    """pyttb's ``normalize()``: unit columns, absolute weights (sign put on factor 0)."""
-    w = to_numpy(cp.weights).astype(np.float64).copy()
-    fs = [to_numpy(f).astype(np.float64).copy() for f in cp.factors]
+    """pyttb's ``normalize()``: unit columns, absolute weights (sign put on factor 0; for
+    complex tensors the weights' phases, in complex128)."""
+    f64 = np.complex128 if np.iscomplexobj(to_numpy(cp.weights)) else np.float64
+    w = to_numpy(cp.weights).astype(f64).copy()
+    fs = [to_numpy(f).astype(f64).copy() for f in cp.factors]
     for f in fs:
         n = np.linalg.norm(f, axis=0)
         safe = np.where(n > 0, n, 1.0)
         f /= safe
         w = w * n
+    if f64 is np.complex128:
+        mag = np.abs(w)
+        fs[0] = fs[0] * np.where(mag > 0, w / np.where(mag > 0, mag, 1.0), 1.0)
+        return mag, fs
     neg = w < 0
     fs[0][:, neg] = -fs[0][:, neg]
     w[neg] = -w[neg]
     return w, fs
 
 
-def _check_pair(a: Any, b: Any) -> None:
-    for name, c in (("a", a), ("b", b)):
-        if not isinstance(c, CPTensor):
-            raise CPTensorTypeError(f"{name} must be a cptensor.CPTensor, got {type(c).__name__}")
+def _check_pair(a: Any, b: Any) -> tuple[CPTensor, CPTensor]:
+    a, b = as_cp(a, "a"), as_cp(b, "b")
     if a.shape != b.shape:
         raise CPTensorError(f"a has shape {a.shape} but b has shape {b.shape}; they must match")
     if a.rank < b.rank:
@@ -83,6 +87,7 @@ def _check_pair(a: Any, b: Any) -> None:
             f"a has rank {a.rank} but b has rank {b.rank}: a must have at least as many "
             "components as b (swap the arguments)"
         )
+    return a, b
 
 
 def congruence_matrix(a: CPTensor, b: CPTensor, *, weight_penalty: bool = True) -> np.ndarray:
@@ -98,12 +103,12 @@ def congruence_matrix(a: CPTensor, b: CPTensor, *, weight_penalty: bool = True) 
     array([[1., 0.],
            [0., 1.]])
     """
-    _check_pair(a, b)
+    a, b = _check_pair(a, b)
     wa, fa = _normalized_numpy(a)
     wb, fb = _normalized_numpy(b)
     c = np.ones((a.rank, b.rank))
     for x, y in zip(fa, fb):
-        c *= np.abs(x.T @ y)
+        c *= np.abs(x.conj().T @ y)  # |a_iᴴ b_j|: the modulus for complex columns
     if weight_penalty:
         big = np.maximum(np.abs(wa)[:, None], np.abs(wb)[None, :])
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -138,7 +143,8 @@ def score(a: CPTensor, b: CPTensor, *, weight_penalty: bool = True, greedy: bool
     Raises
     ------
     TypeError
-        When ``a`` or ``b`` is not a ``CPTensor``.
+        When ``a`` or ``b`` is not a CP model: a ``CPTensor``, a ``CPFit``, a TensorLy
+        ``CPTensor`` or a ``(weights, factors)`` pair (see :func:`cptensor.as_cp`).
     ValueError
         When the shapes differ or ``rank(a) < rank(b)``.
 

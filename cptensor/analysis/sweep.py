@@ -18,20 +18,72 @@ from ..errors import CPTensorError, CPTensorKeyError, CPTensorTypeError
 from ..operator import is_operator
 from ..products import mttkrp
 from ..reconstruct import reconstruct
-from .diagnostics import DEGENERACY_THRESHOLD, core_consistency, degeneracy
+from .diagnostics import DEGENERACY_THRESHOLD, _merged_groups, core_consistency, degeneracy
 from .score import score
 
-__all__ = ["RankSweep", "rank_sweep"]
+__all__ = ["RULE", "RankSweep", "rank_sweep"]
 
 #: Default thresholds of :meth:`RankSweep.recommend`.
 CC_THRESHOLD = 80.0
 STABILITY_THRESHOLD = 0.9
+#: Criterion (d) asks for a fit gain above ``GAIN_FACTOR`` times the noise floor.
+GAIN_FACTOR = 1.0
+#: Criterion (d) also asks for a fit gain above this share of the tensor's energy: below
+#: it, differences of fit are those of round-off and of how far ALS converged, not data.
+GAIN_ROUNDOFF = 1e-10
 
 _RULE = (
-    "the largest swept rank whose core consistency >= {cc} %, stability (mean pairwise "
-    "factor match score of the best starts) >= {st} when measured, and degeneracy >= "
-    "{dg}; None when no rank passes"
+    "recommended rank: the largest swept rank that passes (smaller ranks need not pass); "
+    "None when no rank passes. A rank R passes when (a) its core consistency, with the "
+    "modes smaller than R merged, is >= {cc:g} % where defined; (b) its stability is >= "
+    "{st:g} where measured (two or more starts reach the best fit); (c) its degeneracy is "
+    ">= {dg:g}; (d) its fit gain is significant: the share of the tensor's energy that it "
+    "explains beyond the previous swept rank (beyond zero for the first) exceeds, per "
+    "added component, (sum_n sqrt(I_n))^2 / (number of observed entries) of the previous "
+    "residual energy, about the most that a rank-1 fit takes from Gaussian noise of that "
+    "energy (I_n: the size of mode n), and exceeds {ro:g} of the tensor's energy "
+    "(round-off)."
 )
+
+
+#: The rank rule in words, with the default thresholds: used by
+#: :attr:`RankSweep.recommended_rank`, :meth:`RankSweep.to_json`, the command line and the
+#: documentation, so that all of them state the same rule.
+RULE: str = _RULE.format(
+    cc=CC_THRESHOLD, st=STABILITY_THRESHOLD, dg=DEGENERACY_THRESHOLD, ro=GAIN_ROUNDOFF
+)
+
+
+def _verdict(
+    row: Mapping[str, Any], cc_t: float, st_t: float, dg_t: float, gain_factor: float
+) -> tuple[bool, str]:
+    """Whether ``row`` passes the rule with these thresholds, and why in a few words."""
+    fails, skipped = [], []
+    cc, st, dg = row["core_consistency"], row["stability"], row["degeneracy"]
+    if math.isnan(cc):
+        skipped.append("CC undefined")
+    elif cc < cc_t:
+        fails.append(f"CC {cc:.4g} < {cc_t:g}")
+    if math.isnan(st):
+        skipped.append("stability not measured")
+    elif st < st_t:
+        fails.append(f"stability {st:.2f} < {st_t:g}")
+    if not dg >= dg_t:
+        fails.append(f"degeneracy {dg:.2f} < {dg_t:g}")
+    gain, floor = row["fit_gain"], max(gain_factor * row["gain_floor"], GAIN_ROUNDOFF)
+    if not gain > floor:
+        fails.append(f"fit gain {gain:.2g} <= floor {floor:.2g}")
+    if fails:
+        return False, "fails: " + "; ".join(fails)
+    return True, "passes" + (f" ({', '.join(skipped)})" if skipped else "")
+
+
+def _judged(rows: list[dict[str, Any]]) -> None:
+    """Add ``passes`` and ``why`` (default thresholds) to each row, in place."""
+    for row in rows:
+        row["passes"], row["why"] = _verdict(
+            row, CC_THRESHOLD, STABILITY_THRESHOLD, DEGENERACY_THRESHOLD, GAIN_FACTOR
+        )
 
 
 def _check_ranks(ranks: Any) -> list[int]:
@@ -65,11 +117,18 @@ class RankSweep:
     rows:
         One dict per rank (ascending): ``rank``, ``best_fit``, ``worst_fit``,
         ``fit_spread`` (best − worst over the starts), ``core_consistency`` (of the best
-        start, percent; NaN when its core would be too large), ``stability`` (mean
-        pairwise :func:`~cptensor.analysis.score`, without weight penalty, among the (at
-        most 3) best starts whose relative error is within 10 % of the best one; NaN when
-        only one start gets there), ``degeneracy`` (of the best start), ``n_iter`` and
-        ``converged`` (of the best start), ``seconds`` (all starts), ``note``.
+        start, percent, with the modes smaller than the rank merged, see
+        :func:`~cptensor.analysis.core_consistency`; NaN when undefined or when its core
+        would be too large), ``cc_variant`` (``"classic"``, ``"merged (…)"`` naming the
+        merged mode groups, or ``"undefined"``), ``stability`` (mean pairwise
+        :func:`~cptensor.analysis.score`, without weight penalty, among the (at most 3)
+        best starts whose relative error is within 10 % of the best one; NaN when only
+        one start gets there), ``degeneracy`` (of the best start), ``fit_gain`` (the share
+        of ``‖X‖²`` the rank explains beyond the previous swept rank: the drop of
+        ``(1 − best_fit)²``), ``gain_floor`` (the noise floor of that gain, see
+        :data:`RULE`), ``n_iter`` and ``converged`` (of the best start), ``seconds`` (all
+        starts), ``note``, and the verdict of the rule with the default thresholds:
+        ``passes`` (bool) and ``why`` (the criteria that failed, or those skipped).
     fits:
         ``{rank: (CPFit, …)}``, the starts of each rank sorted by fit, best first.
     shape:
@@ -83,10 +142,12 @@ class RankSweep:
     >>> rng = np.random.default_rng(1)
     >>> x = reconstruct(CPTensor(None, [rng.standard_normal((n, 2)) for n in (5, 6, 7)]))
     >>> sweep = rank_sweep(x, [1, 2, 3], n_starts=2, seed=0)
-    >>> sweep.ranks, sweep.recommended_rank
-    ([1, 2, 3], 2)
+    >>> sweep
+    RankSweep(shape=(5, 6, 7), ranks=range(1, 4), recommended_rank=2)
     >>> [round(r["best_fit"], 3) for r in sweep.table(as_frame=False)][:2]
     [0.295, 1.0]
+    >>> [r["why"] for r in sweep.rows][2][:10]
+    'fails: CC '
     >>> json.loads(sweep.to_json())["recommended_rank"]
     2
     """
@@ -95,10 +156,26 @@ class RankSweep:
     fits: Mapping[int, tuple[Any, ...]] = field(repr=False)
     shape: tuple[int, ...] = ()
 
+    def __repr__(self) -> str:
+        ranks = self.ranks
+        if len(ranks) > 2 and ranks == list(range(ranks[0], ranks[-1] + 1)):
+            shown = f"range({ranks[0]}, {ranks[-1] + 1})"
+        else:
+            shown = str(ranks)
+        return (
+            f"RankSweep(shape={tuple(self.shape)}, ranks={shown}, "
+            f"recommended_rank={self.recommended_rank})"
+        )
+
     @property
     def ranks(self) -> list[int]:
         """The swept ranks, ascending."""
         return [int(r["rank"]) for r in self.rows]
+
+    @property
+    def rule(self) -> str:
+        """The rule of :attr:`recommended_rank` in words (the module constant :data:`RULE`)."""
+        return RULE
 
     def best(self, rank: int) -> Any:
         """The best ``CPFit`` of ``rank``."""
@@ -112,26 +189,47 @@ class RankSweep:
         cc_threshold: float = CC_THRESHOLD,
         stability_threshold: float = STABILITY_THRESHOLD,
         degeneracy_threshold: float = DEGENERACY_THRESHOLD,
+        gain_factor: float = GAIN_FACTOR,
     ) -> int | None:
         """The recommended rank under the given thresholds.
 
-        Rule: the largest swept rank whose core consistency is ``>= cc_threshold``
-        (percent), stability ``>= stability_threshold`` (skipped where not measured, e.g.
-        with one start) and degeneracy ``>= degeneracy_threshold``; ``None`` when no rank
-        passes. Above the true rank the extra components fit noise: core consistency
-        collapses and different starts put the extra component in different places
-        (low stability); it takes both to pass. Ranks below the true rank are not
-        required to be stable: under-factored models often have several equally good
-        local optima.
+        The rule (:data:`RULE` states it with the default thresholds): the largest swept
+        rank that passes; ``None`` when no rank passes. A rank ``R`` passes when
+
+        (a) its core consistency (:func:`~cptensor.analysis.core_consistency` with
+            ``merge_small_modes=True``) is ``>= cc_threshold`` percent, where defined.
+            The classic diagnostic cannot reach 100 once ``R`` exceeds a mode's size (at
+            most ``100 · I_n / R`` for an exact model): on a LoRTA tensor, whose Q, K, V, O
+            mode has 4 entries, it would cap every recommendation at 4 or 5. Merging the
+            small modes restores 100 for exact models;
+        (b) its stability is ``>= stability_threshold``, where measured (two or more
+            starts reach the best fit). Above the true rank, different starts put the
+            extra component in different places;
+        (c) its degeneracy is ``>= degeneracy_threshold`` (no cancelling pair);
+        (d) its fit gain is significant: the share of ``‖X‖²`` it explains beyond the
+            previous swept rank (beyond the zero model for the first) exceeds
+            ``gain_factor`` times the noise floor: per added component, ``(Σ_n √I_n)² /
+            (number of entries)`` of the previous residual energy ``E``. A Gaussian
+            tensor of energy ``E`` has spectral norm at most about ``√(E / entries) ·
+            Σ_n √I_n`` (Gaussian comparison, the tensor analogue of ``√m + √n`` for
+            matrices), so a component that explains more than that is not fitted noise.
+            The gain must also exceed ``GAIN_ROUNDOFF`` (1e-10) of ``‖X‖²``: below it,
+            fits differ by round-off and convergence only. This criterion needs neither
+            several starts nor a defined core consistency, so an exact rank-8 tensor's
+            rank 9 fails (its gain is about 0) in every case.
+
+        Only the rank itself is judged, not the smaller swept ranks: below the true rank,
+        models are often unstable (several equally good local optima of an
+        under-factored model) and their core consistency can be low (truncated models of
+        collinear components), so asking every smaller rank to pass would make the answer
+        depend on how under-factored models happen to behave, and on the number of
+        starts. A spurious pass far above the true rank is what (d) guards against: a
+        rank that only fits noise does not explain more than the noise floor.
         """
         best = None
         for row in self.rows:
-            cc, st, dg = row["core_consistency"], row["stability"], row["degeneracy"]
-            ok = (
-                not math.isnan(cc)
-                and cc >= cc_threshold
-                and (math.isnan(st) or st >= stability_threshold)
-                and dg >= degeneracy_threshold
+            ok, _ = _verdict(
+                row, cc_threshold, stability_threshold, degeneracy_threshold, gain_factor
             )
             if ok:
                 best = int(row["rank"])
@@ -139,9 +237,8 @@ class RankSweep:
 
     @property
     def recommended_rank(self) -> int | None:
-        """:meth:`recommend` with the default thresholds: the largest swept rank with
-        core consistency >= 80 %, stability >= 0.9 (when measured) and degeneracy
-        >= −0.85; None when no rank passes."""
+        """:meth:`recommend` with the default thresholds: the largest swept rank that
+        passes the rule :data:`RULE`; None when no rank passes."""
         return self.recommend()
 
     def table(self, as_frame: bool | None = None) -> Any:
@@ -172,7 +269,7 @@ class RankSweep:
         doc = {
             "shape": list(self.shape),
             "recommended_rank": self.recommended_rank,
-            "rule": _RULE.format(cc=CC_THRESHOLD, st=STABILITY_THRESHOLD, dg=DEGENERACY_THRESHOLD),
+            "rule": self.rule,
             "rows": [{k: clean(v) for k, v in r.items()} for r in self.rows],
         }
         return json.dumps(doc, **kwargs)
@@ -308,12 +405,16 @@ def rank_sweep(
     3. ``init="random"`` with seeds drawn from ``seed``.
 
     For each rank the table holds the best and worst fit, their spread, the core
-    consistency and degeneracy of the best start, and the stability (mean pairwise
-    factor match score, without weight penalty, among the (at most 3) best starts whose
-    relative error is within 10 % of the best: starts stuck in clearly worse local minima
-    say nothing about the uniqueness of the best model; NaN when only one start gets
-    there). :attr:`RankSweep.recommended_rank` is the largest swept rank with core
-    consistency >= 80 %, stability >= 0.9 (when measured) and degeneracy >= −0.85 (see
+    consistency (with the modes smaller than the rank merged,
+    ``core_consistency(..., merge_small_modes=True)``) and degeneracy of the best start,
+    the stability (mean pairwise factor match score, without weight penalty, among the
+    (at most 3) best starts whose relative error is within 10 % of the best: starts
+    stuck in clearly worse local minima say nothing about the uniqueness of the best
+    model; NaN when only one start gets there), the fit gain over the previous swept
+    rank with its noise floor, and whether the rank passes the rule and why.
+    :attr:`RankSweep.recommended_rank` is the largest swept rank that passes; the rule
+    (:attr:`RankSweep.rule`) needs neither several starts nor a defined core
+    consistency, so the answer does not hinge on ``n_starts`` (see
     :meth:`RankSweep.recommend` for the reasoning and other thresholds).
 
     Parameters
@@ -354,6 +455,18 @@ def rank_sweep(
     >>> sweep = rank_sweep(x, range(1, 4), n_starts=2, seed=0)
     >>> sweep.recommended_rank
     2
+
+    Rank 6 with a 4-wide mode (as the Q, K, V, O mode of a LoRTA tensor) and one start
+    per rank: the core consistency merges modes 2 and 3, and rank 7, whose core
+    consistency (85.7 = 100 · 6/7, the extra component is empty) would pass, fails on
+    its fit gain.
+
+    >>> x = reconstruct(CPTensor(None, [rng.standard_normal((n, 6)) for n in (12, 8, 6, 4)]))
+    >>> sweep = rank_sweep(x, range(1, 9), n_starts=1, seed=0)
+    >>> sweep.recommended_rank, sweep.rows[5]["cc_variant"]
+    (6, 'merged (0), (1), (2, 3)')
+    >>> round(sweep.rows[6]["core_consistency"], 1), sweep.rows[6]["why"][:15]
+    (85.7, 'fails: fit gain')
     """
     from ..fit import fit_als
 
@@ -406,6 +519,11 @@ def rank_sweep(
     fits: dict[int, tuple[Any, ...]] = {}
     prev_best = None
     prev_fit = -math.inf
+    prev_rank, prev_resid_sq = 0, 1.0  # the zero model explains nothing
+    # What a rank-1 fit takes from Gaussian noise, as a share of the noise's energy: its
+    # spectral norm is at most about σ·Σ_n √I_n, and its energy is σ² per observed entry.
+    n_entries = math.prod(shape) if mask is None else scalar(namespace(mask).sum(mask))
+    noise_floor = sum(math.sqrt(s) for s in shape) ** 2 / max(n_entries, 1)
     try:
         for ri, rank in enumerate(rank_list):
             start_t = time.perf_counter()
@@ -436,12 +554,21 @@ def rank_sweep(
                     best_fit = prev_fit
                 else:
                     note.append("best fit below the previous rank's (warm start lost?)")
-            try:
-                cc = (
-                    core_consistency(x, best.cp, mask=mask)
-                    if not op
-                    else core_consistency(x, best.cp)
+            groups = _merged_groups(shape, rank)
+            if groups is None:
+                variant = "undefined"
+                note.append(
+                    f"core consistency undefined: modes smaller than rank {rank} cannot be "
+                    "merged into 3 or more groups of size >= the rank"
                 )
+            elif all(len(g) == 1 for g in groups):
+                variant = "classic"
+            else:
+                variant = "merged " + ", ".join(
+                    "(" + ", ".join(str(k) for k in g) + ")" for g in groups
+                )
+            try:
+                cc = core_consistency(x, best.cp, mask=None if op else mask, merge_small_modes=True)
             except ValueError as err:
                 if "max_core_entries" not in str(err):
                     raise
@@ -462,6 +589,7 @@ def rank_sweep(
             else:
                 stab = math.nan
             fit_values = [float(r.fit) for r in results]
+            resid_sq = (1.0 - best_fit) ** 2  # share of ‖X‖² left unexplained
             rows.append(
                 {
                     "rank": rank,
@@ -469,8 +597,11 @@ def rank_sweep(
                     "worst_fit": min(fit_values),
                     "fit_spread": max(fit_values) - min(fit_values),
                     "core_consistency": float(cc),
+                    "cc_variant": variant,
                     "stability": stab,
                     "degeneracy": degeneracy(best.cp),
+                    "fit_gain": prev_resid_sq - resid_sq,
+                    "gain_floor": (rank - prev_rank) * noise_floor * prev_resid_sq,
                     "n_iter": int(best.n_iter),
                     "converged": bool(best.converged),
                     "seconds": time.perf_counter() - start_t,
@@ -479,7 +610,9 @@ def rank_sweep(
             )
             fits[rank] = tuple(results)
             prev_best, prev_fit = best, max(prev_fit, best_fit)
+            prev_rank, prev_resid_sq = rank, resid_sq
     finally:
         if bar is not None:
             bar.close()
+    _judged(rows)
     return RankSweep(rows=tuple(rows), fits=fits, shape=shape)

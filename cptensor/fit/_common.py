@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
 
 from .._backend import (
     Array,
+    abs2,
     check_same_device_dtype,
     device,
     float64_of,
     is_array,
+    is_complex,
     is_floating,
+    is_numpy,
+    is_torch,
     namespace,
     shape_tuple,
     validate_mode,
 )
-from ..cp import CPTensor
+from ..cp import _CP_FORMS, CPTensor, _to_cp
 from ..errors import CPTensorError, CPTensorTypeError
 from ..operator import is_operator
 
@@ -40,7 +44,7 @@ def eps_of(dtype: Any) -> float:
 def check_rank(rank: Any, name: str = "rank") -> int:
     if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
         raise CPTensorTypeError(
-            f"{name} must be a positive int or a CPTensor to start from, "
+            f"{name} must be a positive int or a CP model to start from ({_CP_FORMS}), "
             f"got {type(rank).__name__} ({rank!r})"
         )
     if int(rank) < 1:
@@ -87,9 +91,50 @@ def check_fixed_modes(fixed_modes: Any, ndim: int) -> tuple[int, ...]:
     return tuple(out)
 
 
-def check_tensor(x: Any) -> tuple[tuple[int, ...], Any]:
-    """Shape and dtype of a dense array or operator, with clear errors."""
+def is_complex_dtype(dtype: Any) -> bool:
+    """True for a complex NumPy or torch dtype."""
+    if type(dtype).__module__.startswith("torch"):
+        return bool(dtype.is_complex)
+    return np.dtype(dtype).kind == "c"
+
+
+def check_nonnegative(nonnegative: Any, ndim: int) -> tuple[int, ...]:
+    """The modes to keep non-negative: all for ``True``, none for ``False``, or the
+    collection of mode indices given (TensorLy's ``nn_modes``), validated and sorted."""
+    if isinstance(nonnegative, (bool, np.bool_)):
+        return tuple(range(ndim)) if nonnegative else ()
+    if isinstance(nonnegative, (int, np.integer)):
+        raise CPTensorTypeError(
+            f"nonnegative must be a bool or a collection of mode indices, got the int "
+            f"{nonnegative!r}; write nonnegative=({nonnegative},) for one mode"
+        )
+    if isinstance(nonnegative, (str, bytes)) or not isinstance(nonnegative, Collection):
+        raise CPTensorTypeError(
+            "nonnegative must be a bool or a collection of mode indices (e.g. (0, 2)), "
+            f"got {type(nonnegative).__name__} ({nonnegative!r})"
+        )
+    modes = [validate_mode(m, ndim, "nonnegative mode") for m in nonnegative]
+    if len(set(modes)) != len(modes):
+        raise CPTensorError(
+            f"nonnegative={tuple(nonnegative)!r} names a mode twice (after resolving "
+            f"negative indices: {modes}); give each mode once"
+        )
+    return tuple(sorted(modes))
+
+
+def check_tensor(x: Any, complex_ok: bool = False) -> tuple[tuple[int, ...], Any]:
+    """Shape and dtype of a dense array or operator, with clear errors.
+
+    ``complex_ok``: also accept complex64/complex128 dense arrays (the fits that support
+    complex data say so; the others refuse it naming ``fit_als`` as the one that does).
+    """
     if is_operator(x):
+        dt = x.dtype
+        if "complex" in str(dt):
+            raise CPTensorTypeError(
+                f"x is a complex TensorOperator ({type(x).__name__}, dtype {dt}); complex "
+                "data is supported for dense arrays only (densify it with x.to_dense())"
+            )
         shape = tuple(int(s) for s in x.shape)
         if len(shape) < 2:
             raise CPTensorError(f"x must have at least 2 modes, got shape {shape}")
@@ -99,7 +144,15 @@ def check_tensor(x: Any) -> tuple[tuple[int, ...], Any]:
             f"x must be an array (NumPy or torch) or a TensorOperator, got {type(x).__name__}"
         )
     xp = namespace(x, names=["x"])
-    if not is_floating(x) or x.dtype not in (xp.float32, xp.float64):
+    if is_complex(x):
+        if not complex_ok:
+            raise CPTensorTypeError(
+                f"x has the complex dtype {x.dtype}: this fit supports real data only; "
+                "fit complex data with cptensor.fit.fit_als (without nonnegative=)"
+            )
+        if x.dtype not in (xp.complex64, xp.complex128):
+            raise CPTensorTypeError(f"x must have a dtype complex64 or complex128, got {x.dtype}")
+    elif not is_floating(x) or x.dtype not in (xp.float32, xp.float64):
         raise CPTensorTypeError(
             f"x must have a floating dtype float32 or float64, got {x.dtype} (fits need "
             "float32 precision at least: convert half-precision data with .float())"
@@ -123,6 +176,19 @@ def check_start(start: CPTensor, shape: tuple[int, ...], x: Any, name: str) -> N
         return
     namespace(x, start.factors[0], names=["x", name])
     check_same_device_dtype([x, start.factors[0]], ["x", f"{name}.factors[0]"])
+
+
+def coerce_start(rank: Any, init: Any) -> tuple[Any, Any]:
+    """``rank`` and ``init`` with a CP model in any accepted form (a CPFit, a TensorLy
+    CPTensor, a ``(weights, factors)`` pair) made a CPTensor; other values as given, for
+    the checks of :func:`resolve_start`."""
+    if not isinstance(rank, (int, np.integer, CPTensor)):
+        cp = _to_cp(rank, "rank")
+        rank = rank if cp is None else cp
+    if not isinstance(init, (str, CPTensor)):
+        cp = _to_cp(init, "init")
+        init = init if cp is None else cp
+    return rank, init
 
 
 #: Ranks above the number of entries are refused only beyond this (small overcomplete
@@ -151,15 +217,30 @@ def resolve_start(
             raise CPTensorError(f"init has rank {init.rank} but rank={rank}")
         return init, rank
     if not isinstance(init, str) or init not in inits:
-        raise CPTensorError(f"init must be one of {tuple(inits)} or a CPTensor, got {init!r}")
+        bad_type = not isinstance(init, str)
+        got = type(init).__name__ if bad_type else repr(init)
+        raise (CPTensorTypeError if bad_type else CPTensorError)(
+            f"init must be one of {tuple(inits)} or a CP model ({_CP_FORMS}), got {got}"
+        )
     return None, rank
+
+
+def all_finite(xp: Any, a: Array) -> bool:
+    """True when every entry of ``a`` is finite, in one read of ``a`` when it is: a NaN or
+    infinite entry makes the sum non-finite (much cheaper than ``isfinite`` in torch); a
+    sum that overflowed is checked entry by entry (NumPy's overflow warning silenced)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = xp.sum(a)
+    return bool(xp.isfinite(total)) or bool(xp.all(xp.isfinite(a)))
 
 
 def prepare_mask(x: Array, mask: Any) -> Array | None:
     """Validate ``mask`` (True = observed) or derive it from NaNs; None when all observed."""
     xp = namespace(x)
     if mask is None:
-        if bool(xp.all(xp.isfinite(x))):  # the common case: one pass over x
+        # The common case in one read of x and no temporary: a NaN or infinite entry
+        # makes the sum non-finite (a finite sum that overflows is checked entry-wise).
+        if all_finite(xp, x):
             return None
         nan = xp.isnan(x)
         if bool(xp.any(nan)):
@@ -204,18 +285,46 @@ def prepare_mask(x: Array, mask: Any) -> Array | None:
     return mask
 
 
+#: Elements per chunk of the streamed float64 reductions on the CPU: a float64 chunk of
+#: 2 MiB stays in cache between its conversion and its dot product (about twice as fast
+#: as chunks of ``CHUNK_ELEMENTS``, whose temporaries go through main memory).
+REDUCE_ELEMENTS = 1 << 18
+
+
+def reduce_elements(a: Array) -> int:
+    """Chunk size (elements) for a streamed float64 reduction over ``a``: cache-sized on
+    the CPU, :data:`CHUNK_ELEMENTS` on an accelerator (where each chunk costs launches)."""
+    if is_numpy(a) or (is_torch(a) and a.device.type == "cpu"):
+        return REDUCE_ELEMENTS
+    return CHUNK_ELEMENTS
+
+
+def sum_squares_chunk(xp: Any, c: Array) -> Any:
+    """``Σ |c|²`` of one chunk in float64 (squares and sum), as a Python float for NumPy and
+    a 0-d tensor for torch (so that a loop over chunks synchronises a GPU only once)."""
+    if is_complex(c):
+        return xp.sum(abs2(float64_of(xp, c)))
+    if c.dtype != xp.float64:
+        c = float64_of(xp, c)
+    v = xp.reshape(c, (-1,))
+    if is_numpy(v):
+        return float(np.dot(v, v))
+    if is_torch(v):
+        import torch
+
+        return torch.dot(v, v)
+    return xp.sum(v * v)
+
+
 def sum_squares64(xp: Any, a: Array) -> float:
-    """``Σ a²`` accumulated in float64, streamed in chunks over the first axis."""
+    """``Σ |a|²`` accumulated in float64, streamed in chunks over the first axis."""
     flat = xp.reshape(a, (int(a.shape[0]), -1)) if a.ndim > 1 else xp.reshape(a, (-1, 1))
     rows = int(flat.shape[0])
-    step = max(1, CHUNK_ELEMENTS // max(1, int(flat.shape[1])))
-    total = 0.0
+    step = max(1, reduce_elements(a) // max(1, int(flat.shape[1])))
+    total: Any = 0.0
     for start in range(0, rows, step):
-        c = flat[start : start + step]
-        if c.dtype != xp.float64:
-            c = float64_of(xp, c)
-        total += float(xp.sum(c * c))
-    return total
+        total = total + sum_squares_chunk(xp, flat[start : start + step])
+    return float(total)
 
 
 def progress_bar(enabled: bool, total: int, desc: str) -> Any:
@@ -241,7 +350,13 @@ def magnitude_scale(xp: Any, a: Array) -> float:
     """A power of two ``s`` with ``max|s·a|`` in ``[0.5, 1)``, or ``1.0`` when ``max|a|``
     already lies in ``[2^-30, 2^30]``, is zero or is not finite (multiplying by ``s`` is
     then exact, barring subnormals)."""
-    amax = float(xp.max(xp.abs(a))) if math.prod(shape_tuple(a)) else 0.0
+    if not math.prod(shape_tuple(a)):
+        return 1.0
+    if is_complex(a):
+        amax = float(xp.max(xp.abs(a)))
+    else:  # max and min: two reads of ``a``, no array of |a| written
+        hi, lo = float(xp.max(a)), float(xp.min(a))
+        amax = max(hi, -lo) if math.isfinite(hi) and math.isfinite(lo) else math.nan
     if amax == 0.0 or not math.isfinite(amax):
         return 1.0
     exp = math.frexp(amax)[1]  # amax = m·2^exp with m in [0.5, 1)

@@ -2,14 +2,17 @@
 
 One ALS sweep updates the factors in turn, so each mode needs its MTTKRP with the latest
 factors. For a dense tensor the modes are split once into a left block ``0..k-1`` and a
-right block ``k..N-1`` (a two-level dimension tree, ``k`` chosen so that the partial
+right block ``k..N-1`` (the top of a dimension tree, ``k`` chosen so that the partial
 results are smallest). At the start of the sweep one GEMM over ``x`` contracts the right
-block away, ``P_L = X ×_{right} KR(A_right)`` of shape ``(I_0, …, I_{k-1}, R)``; every
+block away, ``P_L = X ×_{right} KR(A_right)`` of shape ``(R, I_0, …, I_{k-1})``; every
 left mode's MTTKRP is finished from ``P_L`` with the *latest* left factors (the right ones
 have not changed). After the left block is updated, a second GEMM gives
 ``P_R = X ×_{left} KR(A_left)`` and the right modes are finished from it. So a sweep
 costs two passes over ``x`` whatever its order (TensorLy's ``parafac`` forms a full
-Khatri–Rao product and unfolds ``x`` once per mode).
+Khatri–Rao product and unfolds ``x`` once per mode), and nothing else in it reads ``x``:
+within a block the same split is applied again to the (much smaller) partial result
+(:meth:`_Dense.tree`), and the normal equations and the fit only touch ``R × R`` and
+``I_n × R`` arrays. ``benchmarks fit:bound`` times sweeps against bare GEMM pairs.
 
 The fit is tracked with the cheap formula ``‖X‖² + ‖M‖² − 2⟨X, M⟩`` accumulated in float64
 (``⟨X, M⟩`` from the last mode's MTTKRP, ``‖M‖²`` from float64 Gram matrices). That
@@ -23,32 +26,49 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
 
 from .. import init as _init
-from .._backend import Array, contiguous, float64_of, is_torch, namespace, scalar
+from .._backend import (
+    Array,
+    abs2,
+    conj,
+    contiguous,
+    float64_of,
+    is_complex,
+    is_numpy,
+    is_torch,
+    namespace,
+    scalar,
+    shape_tuple,
+)
 from ..algebra import arrange, fix_signs
 from ..cp import CPTensor
 from ..errors import CPTensorError, CPTensorTypeError
+from ..keywords import tensorly_keywords
 from ..operator import is_operator
-from ..products import _best_split, _contract_rank_last, _khatri_rao_t
+from ..products import _best_split, _contract_rank_first, _khatri_rao_t
 from ._common import (
-    CHUNK_ELEMENTS,
     check_callback,
     check_fixed_modes,
     check_int,
     check_nonneg_float,
+    check_nonnegative,
     check_tensor,
+    coerce_start,
     eps_of,
+    is_complex_dtype,
     magnitude_scale,
     prepare_mask,
     progress_bar,
+    reduce_elements,
     rescaled,
     resolve_start,
     sum_squares64,
+    sum_squares_chunk,
 )
 from ._solve import SolveLog, solve_normal
 from .result import CPFit, FitState
@@ -59,8 +79,11 @@ _INITS = ("svd", "random", "orthogonal")
 
 
 def _f64(xp: Any, a: Array) -> Array:
-    """``a`` in float64 on its own device: ``a`` itself (no copy) when it already is, else
-    :func:`~cptensor._backend.float64_of` (float32 on MPS, which has no float64)."""
+    """``a`` in float64 (complex128 for complex ``a``) on its own device: ``a`` itself (no
+    copy) when it already is, else :func:`~cptensor._backend.float64_of` (float32 on MPS,
+    which has no float64)."""
+    if is_complex(a):
+        return float64_of(xp, a) if a.dtype == xp.complex64 else a
     if is_torch(a):
         import torch
 
@@ -68,17 +91,25 @@ def _f64(xp: Any, a: Array) -> Array:
     return a if a.dtype == xp.float64 else float64_of(xp, a)
 
 
-def _observed_mean(xp: Any, masked: Array, x_obs: Array) -> float:
+def _observed_mean(xp: Any, masked: Array, x_obs: Array) -> float | complex:
     """The mean of the observed entries (``x_obs`` is zero where ``masked`` is False)."""
     n_obs = int(xp.sum(xp.astype(masked, xp.int64)))
-    return float(xp.sum(_f64(xp, x_obs))) / n_obs
+    total = xp.sum(_f64(xp, x_obs))
+    if is_complex(total):
+        return complex(total.item() if is_torch(total) else total) / n_obs
+    return float(total) / n_obs
 
 
 # -- engines: where the MTTKRPs and residuals come from -----------------------------------
 
 
 class _Dense:
-    """A dense tensor viewed as ``(left, right)`` for the two-level dimension tree."""
+    """A dense tensor viewed as ``(left, right)`` for the dimension tree of an ALS sweep.
+
+    Both partial contractions are kept rank first, ``(R, I_a, …, I_b)``: every step below
+    the two GEMMs over ``x`` is then a batched row-vector × matrix product on contiguous
+    ``R`` slices (:func:`_contract_trailing`, :func:`_contract_leading`).
+    """
 
     def __init__(self, x: Array, shape: tuple[int, ...]) -> None:
         self.xp = namespace(x)
@@ -86,6 +117,12 @@ class _Dense:
         self.k = _best_split(shape)
         self.left = math.prod(shape[: self.k])
         self.right = math.prod(shape[self.k :])
+        # The operand order of the first GEMM: OpenBLAS's sgemm is fastest on
+        # ``X @ KR`` (rank last, transposed afterwards: a copy of only ``left × R``
+        # numbers), its dgemm and torch's CPU GEMMs on ``KRᵀ @ Xᵀ`` (rank first), by up to
+        # 2x either way on the 3- to 5-way shapes of ``benchmarks fit:bound``. Only the
+        # speed depends on it (the two orders agree to round-off).
+        self.left_rank_last = is_numpy(x) and x.dtype == np.float32
         self.set_x(x)
         self.cache: Array | None = None  # P_L valid for the current right factors
 
@@ -94,53 +131,130 @@ class _Dense:
         self.cache = None
 
     def partial_left(self, factors: Sequence[Array]) -> Array:
-        """``X ×_{right} KR(A_right)``, rank last: ``(I_0, …, I_{k-1}, R)`` (one GEMM)."""
+        """``X ×_{right} KR(A_right)``, rank first: ``(R, I_0, …, I_{k-1})`` (one GEMM)."""
         krt = _khatri_rao_t(factors[self.k :], None, factors[0])
-        p = self.xp.matmul(self.flat, krt.T)
-        return self.xp.reshape(p, (*self.shape[: self.k], int(krt.shape[0])))
+        if self.left_rank_last:
+            p = contiguous((self.flat @ krt.T).T)
+        else:
+            p = krt @ self.flat.T
+        return self.xp.reshape(p, (int(krt.shape[0]), *self.shape[: self.k]))
 
     def partial_right(self, factors: Sequence[Array]) -> Array:
-        """``X ×_{left} KR(A_left)``, rank last: ``(I_k, …, I_{N-1}, R)`` (one GEMM, with
-        ``x`` as the transposed operand: faster in BLAS than ``KR(A_left)ᵀ @ X``)."""
+        """``X ×_{left} KR(A_left)``, rank first: ``(R, I_k, …, I_{N-1})`` (one GEMM,
+        ``KR(A_left)ᵀ @ X`` with ``x`` untransposed: up to twice as fast in OpenBLAS as
+        ``Xᵀ @ KR(A_left)``, which makes BLAS walk ``x`` across its rows)."""
         klt = _khatri_rao_t(factors[: self.k], None, factors[0])
-        p = self.xp.matmul(self.flat.T, klt.T)
-        return self.xp.reshape(p, (*self.shape[self.k :], int(klt.shape[0])))
+        p = klt @ self.flat
+        return self.xp.reshape(p, (int(klt.shape[0]), *self.shape[self.k :]))
+
+    def finish_left(self, p: Array, mats: Sequence[Array], mode: int) -> Array:
+        """The MTTKRP of left mode ``mode`` from :meth:`partial_left`'s ``p``."""
+        return _contract_rank_first(p, mats[: self.k], mode)
+
+    def finish_right(self, p: Array, mats: Sequence[Array], mode: int) -> Array:
+        """The MTTKRP of right mode ``mode`` (``>= k``) from :meth:`partial_right`'s ``p``."""
+        return _contract_rank_first(p, mats[self.k :], mode - self.k)
+
+    def tree(
+        self,
+        p: Array,
+        lo: int,
+        free: Collection[int],
+        mats: Callable[[], Sequence[Array]],
+        update: Callable[[int, Array], None],
+    ) -> None:
+        """Update the free modes ``lo, lo+1, …`` of the rank-first partial ``p`` in order.
+
+        ``p`` is ``(R, I_lo, …, I_hi)``: ``x`` with every other mode contracted away (with
+        the latest factors). The modes are split in two; the first half's partial
+        contracts the second half away with its current factors, and, once the first half
+        is updated, the second half's partial contracts the first half with the new ones
+        (recursively: each level reads its partial twice, so the whole tree costs about two
+        passes over the partials of the top level). ``mats()`` gives the current factors
+        to contract with; ``update(mode, m)`` stores mode ``mode``'s update from its
+        MTTKRP ``m`` (``(I_mode, R)``).
+        """
+        dims = shape_tuple(p)[1:]
+        hi = lo + len(dims)
+        if not any(lo <= n < hi for n in free):
+            return
+        rank = int(p.shape[0])
+        if len(dims) == 1:
+            update(lo, p.T)
+            return
+        j = _best_split(dims)
+        a, b = math.prod(dims[:j]), math.prod(dims[j:])
+        p3 = self.xp.reshape(p, (rank, a, b))
+        if any(lo <= n < lo + j for n in free):
+            ms = mats()
+            kr = _khatri_rao_t(ms[lo + j : hi], None, ms[lo])
+            q = _contract_trailing(p3, kr)
+            self.tree(self.xp.reshape(q, (rank, *dims[:j])), lo, free, mats, update)
+        if any(lo + j <= n < hi for n in free):
+            ms = mats()
+            kr = _khatri_rao_t(ms[lo : lo + j], None, ms[lo])
+            q = _contract_leading(p3, kr)
+            self.tree(self.xp.reshape(q, (rank, *dims[j:])), lo + j, free, mats, update)
 
     def reconstruct_flat(self, factors: Sequence[Array], lam: Array) -> Array:
         klt = _khatri_rao_t(factors[: self.k], lam, factors[0])
         krt = _khatri_rao_t(factors[self.k :], None, factors[0])
-        return self.xp.matmul(klt.T, krt)
+        return klt.T @ krt
 
     def residual_sq(self, factors: Sequence[Array], lam: Array) -> float:
         """``‖X − M‖²`` directly, reconstructed in row blocks, summed in float64."""
         xp = self.xp
         kl = _khatri_rao_t(factors[: self.k], lam, factors[0]).T
         krt = _khatri_rao_t(factors[self.k :], None, factors[0])
-        step = max(1, CHUNK_ELEMENTS // max(1, self.right))
-        total = 0.0
+        step = max(1, reduce_elements(self.flat) // max(1, self.right))
+        total: Any = 0.0
         for start in range(0, self.left, step):
-            diff = self.flat[start : start + step] - xp.matmul(kl[start : start + step], krt)
-            d = _f64(xp, diff)
-            total += float(xp.sum(d * d))
-        return total
+            diff = self.flat[start : start + step] - kl[start : start + step] @ krt
+            total = total + sum_squares_chunk(xp, diff)
+        return float(total)
+
+
+def _contract_trailing(p: Array, kr: Array) -> Array:
+    """``q[r, a] = Σ_b p[r, a, b] kr[r, b]``: ``(R, A, B)``, ``(R, B)`` → ``(R, A)``.
+
+    As ``R`` row-vector × matrix products, ``kr[r] @ p[r]ᵀ``: faster in NumPy and torch
+    than ``einsum`` or the matrix × column-vector form (a batched GEMV) on these shapes.
+    """
+    return (kr[:, None, :] @ p.mT)[:, 0, :]
+
+
+def _contract_leading(p: Array, kr: Array) -> Array:
+    """``q[r, b] = Σ_a p[r, a, b] kr[r, a]``: ``(R, A, B)``, ``(R, A)`` → ``(R, B)``."""
+    return (kr[:, None, :] @ p)[:, 0, :]
 
 
 # -- the fitting state --------------------------------------------------------------------
 
 
 class _State:
-    """Factors (free ones normalized), weights and float64 Gram matrices."""
+    """Factors (free ones normalized), weights and float64 Gram matrices.
 
-    def __init__(self, factors: list[Array], lam: Array, free: Sequence[int]) -> None:
+    With ``normalized=False`` (TensorLy's ``l2_reg`` form) the factors keep their scale and
+    the weights stay as given (ones). For complex data the Gram matrices are
+    ``A_nᵀ conj(A_n) = conj(A_nᴴ A_n)``: their Hadamard product over the other modes is the
+    matrix of the normal equations ``A_n conj(V) = X_(n) conj(KR)``, and MTTKRPs are taken
+    with the conjugated factors (:meth:`mats`).
+    """
+
+    def __init__(
+        self, factors: list[Array], lam: Array, free: Sequence[int], normalized: bool = True
+    ) -> None:
         self.xp = namespace(factors[0])
         self.factors = list(factors)
         self.free = list(free)
         self.dtype = factors[0].dtype
+        self.normalized = normalized
+        self.complex = is_complex(factors[0])
         xp = self.xp
         lam64 = _f64(xp, lam)
-        for n in self.free:  # normalize free factors, norms into the weights
+        for n in self.free if normalized else ():  # normalize free factors, norms into λ
             a64 = _f64(xp, self.factors[n])
-            norms = xp.sqrt(xp.sum(a64 * a64, axis=0))
+            norms = xp.sqrt(xp.sum(abs2(a64), axis=0))
             lam64 = lam64 * norms
             self.factors[n] = xp.astype(a64 / xp.where(norms > 0, norms, 1.0), self.dtype)
         self.lam64 = lam64
@@ -148,7 +262,11 @@ class _State:
 
     def _gram(self, f: Array) -> Array:
         a64 = _f64(self.xp, f)
-        return a64.T @ a64
+        return a64.T @ conj(a64)
+
+    def mats(self) -> list[Array]:
+        """The factors to take MTTKRPs with: conjugated for complex data."""
+        return [conj(f) for f in self.factors] if self.complex else self.factors
 
     @property
     def lam(self) -> Array:
@@ -157,6 +275,7 @@ class _State:
     def copy(self) -> _State:
         new = object.__new__(_State)
         new.xp, new.dtype, new.free = self.xp, self.dtype, self.free
+        new.normalized, new.complex = self.normalized, self.complex
         new.factors, new.grams, new.lam64 = list(self.factors), list(self.grams), self.lam64
         return new
 
@@ -171,12 +290,20 @@ class _State:
         v = self.grams[0]
         for g in self.grams[1:]:
             v = v * g
-        return float(self.lam64 @ (v @ self.lam64))
+        if not self.complex:
+            return float(self.lam64 @ (v @ self.lam64))
+        lam = self.xp.astype(self.lam64, v.dtype)  # torch's matmul does not promote
+        return float(self.xp.real(lam @ (v @ conj(lam))))
 
     def set_factor(self, mode: int, b64: Array) -> None:
-        """Store an unnormalized float64 update: normalize, norms become the weights."""
+        """Store an unnormalized float64 update: normalize, norms become the weights (kept
+        as it is, weights untouched, when the state is not normalized)."""
         xp = self.xp
-        norms = xp.sqrt(xp.sum(b64 * b64, axis=0))
+        if not self.normalized:
+            self.factors[mode] = xp.astype(b64, self.dtype)
+            self.grams[mode] = self._gram(self.factors[mode])
+            return
+        norms = xp.sqrt(xp.sum(abs2(b64), axis=0))
         a64 = b64 / xp.where(norms > 0, norms, 1.0)
         self.factors[mode] = xp.astype(a64, self.dtype)
         self.grams[mode] = self._gram(self.factors[mode])
@@ -207,6 +334,7 @@ def _hals(m64: Array, v: Array, b64: Array, ridge: float) -> Array:
 # -- the public entry point ---------------------------------------------------------------
 
 
+@tensorly_keywords("fit_als")
 def fit_als(
     x: Any,
     rank: int | CPTensor,
@@ -216,9 +344,10 @@ def fit_als(
     max_iter: int = 500,
     tol: float = 1e-8,
     ridge: float = 0.0,
+    l2_reg: float = 0.0,
     mask: Array | None = None,
     fixed_modes: Sequence[int] = (),
-    nonnegative: bool = False,
+    nonnegative: bool | Collection[int] = False,
     line_search: bool = True,
     callback: Callable[[FitState], Any] | None = None,
     progress: bool = False,
@@ -228,9 +357,10 @@ def fit_als(
     Parameters
     ----------
     x:
-        A dense NumPy array or torch tensor (float32 or float64, any device, at least 2
-        modes), or a :class:`~cptensor.operator.TensorOperator` (fitted through its
-        ``mttkrp``, ``norm`` and optional ``residual_norm``). All work happens on ``x``'s
+        A dense NumPy array or torch tensor (float32, float64, complex64 or complex128,
+        any device, at least 2 modes), or a real
+        :class:`~cptensor.operator.TensorOperator` (fitted through its ``mttkrp``,
+        ``norm`` and optional ``residual_norm``). All work happens on ``x``'s
         backend and device, in its dtype; scalar bookkeeping is in float64.
     rank:
         The number of components ``R >= 1``, or a :class:`~cptensor.CPTensor` to start from
@@ -252,8 +382,19 @@ def fit_als(
         ``tol=0`` runs exactly ``max_iter`` sweeps unless the fit is exact.
     ridge:
         Tikhonov term: ``ridge·I`` is added to every normal-equation matrix (0 = plain
-        ALS). Independently, numerically singular normal equations get a tiny ridge or a
-        pseudo-inverse, reported in ``stop_reason``.
+        ALS). The factors of the other modes have unit-norm columns when mode ``n`` is
+        updated (their norms live in the weights), so each update minimises
+        ``‖X − [[B_n; others]]‖² + ridge·‖B_n‖²`` over ``B_n = A_n·diag(λ)``, the factor
+        being updated with the weights folded in: the penalty falls on the whole scale
+        of the model, on one factor at a time. Independently, numerically singular normal
+        equations get a tiny ridge or a pseudo-inverse, reported in ``stop_reason``.
+    l2_reg:
+        TensorLy's ``parafac(l2_reg=...)``: minimise
+        ``‖X − [[A_1, …, A_N]]‖² + l2_reg·Σ_n ‖A_n‖²`` with unnormalized factors (the
+        start's weights folded into its last free factor, the weights then kept at one),
+        so each update solves ``A_n (V + l2_reg·I) = M`` with ``V`` from the other
+        factors at their own scale. The same start gives TensorLy's iterates (with
+        ``line_search=False``). Give either ``ridge`` or ``l2_reg``, not both.
     mask:
         Boolean array of ``x``'s shape and backend, True = observed. Fitting uses
         EM-style imputation ALS: before each sweep the missing entries are filled with
@@ -263,9 +404,12 @@ def fit_als(
     fixed_modes:
         Modes whose factors are kept as given by the start (never updated).
     nonnegative:
-        Keep all factors >= 0 using HALS (hierarchical ALS: each column is the exact
-        nonnegative least-squares update given the others, one pass per mode and sweep);
-        the start is made nonnegative by taking absolute values.
+        ``True``: keep all factors >= 0 using HALS (hierarchical ALS: each column is the
+        exact nonnegative least-squares update given the others, one pass per mode and
+        sweep); the start is made nonnegative by taking absolute values. A collection
+        of mode indices (TensorLy's ``nn_modes``, e.g. ``nonnegative=(0, 2)``): HALS for
+        those modes only, unconstrained least squares for the others. ``False`` or an
+        empty collection: no constraint. Not available for complex data.
     line_search:
         Bro's extrapolation: after each sweep from the third on, try
         ``A_prev + s·(A_new − A_prev)`` with ``s = iteration^(1/p)`` (``p = 3``, raised after
@@ -302,8 +446,9 @@ def fit_als(
     (True, 3)
     """
     t0 = time.perf_counter()
+    rank, init = coerce_start(rank, init)
     op = is_operator(x)
-    shape, dtype = check_tensor(x)
+    shape, dtype = check_tensor(x, complex_ok=True)
     ndim = len(shape)
     start, R = resolve_start(x, shape, rank, init, _INITS)
     if isinstance(rank, CPTensor) and isinstance(init, CPTensor):
@@ -311,11 +456,23 @@ def fit_als(
     max_iter = check_int(max_iter, "max_iter", 0)
     tol = check_nonneg_float(tol, "tol")
     ridge = check_nonneg_float(ridge, "ridge")
+    l2_reg = check_nonneg_float(l2_reg, "l2_reg")
+    if ridge and l2_reg:
+        raise CPTensorError(
+            f"give ridge= or l2_reg=, not both (got ridge={ridge:g}, l2_reg={l2_reg:g}): "
+            "ridge penalises the updated factor with the others normalized, l2_reg the sum "
+            "of squares of all unnormalized factors (TensorLy's form)"
+        )
     fixed = check_fixed_modes(fixed_modes, ndim)
     callback = check_callback(callback)
-    for flag, name in ((nonnegative, "nonnegative"), (line_search, "line_search")):
-        if not isinstance(flag, (bool, np.bool_)):
-            raise CPTensorTypeError(f"{name} must be a bool, got {type(flag).__name__}")
+    nn = check_nonnegative(nonnegative, ndim)
+    if nn and is_complex_dtype(dtype):
+        raise CPTensorTypeError(
+            f"nonnegative={nonnegative!r} is not defined for complex data (x has dtype "
+            f"{dtype}): complex numbers have no order; fit without nonnegative="
+        )
+    if not isinstance(line_search, (bool, np.bool_)):
+        raise CPTensorTypeError(f"line_search must be a bool, got {type(line_search).__name__}")
     info: dict[str, Any] = {}
 
     if op:
@@ -340,7 +497,8 @@ def fit_als(
     else:
         xp_x = namespace(x)
         x_obs = x if masked is None else xp_x.where(masked, x, xp_x.zeros_like(x))
-        s = magnitude_scale(xp_x, x_obs)
+        # l2_reg's objective is not scale-invariant (rescaling x would change the fit)
+        s = magnitude_scale(xp_x, x_obs) if not l2_reg else 1.0
         if s != 1.0:  # tiny or huge data: fit an exact power-of-two rescaling of it
             return rescaled(
                 fit_als,
@@ -368,12 +526,16 @@ def fit_als(
         info["init"] = "given CPTensor"
     factors = list(start.factors)
     lam = start.weights
-    if nonnegative:
+    if nn:
         xps = start.xp
-        factors = [xps.abs(f) for f in factors]
+        factors = [xps.abs(f) if n in nn else f for n, f in enumerate(factors)]
         lam = xps.abs(lam)
     free = [n for n in range(ndim) if n not in fixed]
-    state = _State(factors, lam, free)
+    if l2_reg:  # TensorLy's form: unit weights, the start's weights in the last free factor
+        factors[free[-1]] = factors[free[-1]] * lam
+        lam = start.xp.ones_like(lam)
+    penalty = l2_reg or ridge
+    state = _State(factors, lam, free, normalized=not l2_reg)
     xp = state.xp
     log = SolveLog()
 
@@ -389,6 +551,7 @@ def fit_als(
             stop_reason="x is all zeros: the zero CP tensor (all weights 0) fits it exactly",
             seconds=time.perf_counter() - t0,
             info={**info, "rel_error_method": "x is zero"},
+            method="als",
         )
 
     dense = None if op else _Dense(x_obs, shape)
@@ -429,37 +592,38 @@ def fit_als(
                 last = (n, _f64(xp, m))
             return last
         k = dense.k
+
+        def update(n: int, m: Array) -> None:
+            nonlocal last
+            m64 = _f64(xp, m)
+            _update(st, n, m64)
+            last = (n, m64)
+
         if any(n < k for n in st.free):
-            p = dense.cache if dense.cache is not None else dense.partial_left(st.factors)
-            for n in st.free:
-                if n < k:
-                    m = _contract_rank_last(p, st.factors[:k], n)
-                    _update(st, n, m)
-                    last = (n, _f64(xp, m))
+            p = dense.cache if dense.cache is not None else dense.partial_left(st.mats())
+            dense.tree(p, 0, st.free, st.mats, update)
         dense.cache = None
         if any(n >= k for n in st.free):
-            p = dense.partial_right(st.factors)
-            for n in st.free:
-                if n >= k:
-                    m = _contract_rank_last(p, st.factors[k:], n - k)
-                    _update(st, n, m)
-                    last = (n, _f64(xp, m))
+            dense.tree(dense.partial_right(st.mats()), k, st.free, st.mats, update)
         return last
 
     def _update(st: _State, n: int, m: Array) -> None:
         m64 = _f64(xp, m)
         v = st.v_except(n)
-        if nonnegative:
+        if n in nn:
             b0 = _f64(xp, st.factors[n]) * st.lam64
-            b64 = _hals(m64, v, b0, ridge)
+            b64 = _hals(m64, v, b0, penalty)
         else:
-            b64 = solve_normal(m64, v, log, n, ridge)
+            b64 = solve_normal(m64, v, log, n, penalty)
         st.set_factor(n, b64)
 
     def cheap_err2(st: _State, inner: float) -> float:
         return max(norm_x2 + st.model_norm_sq() - 2.0 * inner, 0.0)
 
     def inner_from_mttkrp(st: _State, mode: int, m64: Array) -> float:
+        if st.complex:  # Re Σ X·conj(M), from the MTTKRP with conjugated factors
+            a64 = conj(_f64(xp, st.factors[mode]))
+            return float(xp.real(xp.sum(m64 * a64 * conj(st.lam64))))
         return float(xp.sum(m64 * _f64(xp, st.factors[mode]) * st.lam64))
 
     def exact_err2(st: _State) -> tuple[float, bool]:
@@ -470,6 +634,19 @@ def fit_als(
                 return float(x.residual_norm(st.cp())) ** 2, True
             return math.nan, False
         return dense.residual_sq(st.factors, st.lam), True
+
+    if nn and max_iter:
+        # A start far from the data's scale makes the first HALS pass zero whole columns
+        # (the other columns' overshoot dominates), and a zero column never comes back:
+        # start HALS from the least-squares scale of the start, λ·⟨X, M⟩/‖M‖².
+        if op:
+            m0 = x.mttkrp(state.mats(), 0)
+        else:
+            dense.cache = dense.partial_left(state.mats())  # reused by the first sweep
+            m0 = dense.finish_left(dense.cache, state.mats(), 0)
+        ip, mn = inner_from_mttkrp(state, 0, _f64(xp, m0)), state.model_norm_sq()
+        if ip > 0 and mn > 0:
+            state.lam64 = state.lam64 * (ip / mn)
 
     it = 0
     prev: _State | None = None
@@ -496,7 +673,7 @@ def fit_als(
             if line_search and prev is not None and (masked is not None or not exact_mode):
                 ls_tried += 1
                 step = it ** (1.0 / acc_pow)
-                cand = _extrapolate(before, state, step, nonnegative)
+                cand = _extrapolate(before, state, step, nn)
                 if masked is not None:
                     e2c, rec_c = masked_loss(cand)
                     margin = 0.0
@@ -505,8 +682,8 @@ def fit_als(
                     e2c = cheap_err2(cand, inner_from_mttkrp(cand, 0, _f64(xp, m0)))
                     margin = 10 * eps * norm_x2
                 else:
-                    p_c = dense.partial_left(cand.factors)
-                    m0 = _contract_rank_last(p_c, cand.factors[: dense.k], 0)
+                    p_c = dense.partial_left(cand.mats())
+                    m0 = dense.finish_left(p_c, cand.mats(), 0)
                     e2c = cheap_err2(cand, inner_from_mttkrp(cand, 0, _f64(xp, m0)))
                     margin = 10 * eps * norm_x2
                 if e2c < err2 - margin:
@@ -589,12 +766,14 @@ def fit_als(
         stop_reason=stop_reason,
         seconds=time.perf_counter() - t0,
         info=info,
+        method="als",
     )
 
 
-def _extrapolate(before: _State, after: _State, step: float, nonnegative: bool) -> _State:
+def _extrapolate(before: _State, after: _State, step: float, nn: Collection[int] = ()) -> _State:
     """``before + step·(after − before)`` on the free factors (weights folded into the last
-    free mode), renormalized."""
+    free mode), renormalized (unless the state is not normalized); modes in ``nn`` are
+    clipped at zero."""
     xp = after.xp
     cand = after.copy()
     last = after.free[-1]
@@ -605,10 +784,10 @@ def _extrapolate(before: _State, after: _State, step: float, nonnegative: bool) 
             a0 = a0 * xp.astype(before.lam64, after.dtype)
             a1 = a1 * xp.astype(after.lam64, after.dtype)
         c = a0 + step * (a1 - a0)
-        if nonnegative:
+        if n in nn:
             c = xp.clip(c, 0.0, None)
         cand.factors[n] = c
-    return _State(cand.factors, lam, after.free)
+    return _State(cand.factors, lam, after.free, after.normalized)
 
 
 def _make_start(

@@ -15,6 +15,7 @@ from .._backend import Array, is_array, is_numpy, is_torch, namespace, shape_tup
 from ..algebra import arrange, fix_signs
 from ..cp import CPTensor
 from ..errors import CPTensorError, CPTensorTypeError
+from ..keywords import tensorly_keywords
 from ..operator import is_operator
 from ..reconstruct import reconstruct
 from ._common import (
@@ -22,6 +23,7 @@ from ._common import (
     check_int,
     check_nonneg_float,
     check_tensor,
+    coerce_start,
     magnitude_scale,
     prepare_mask,
     progress_bar,
@@ -57,6 +59,7 @@ def _to_torch(a: Array, torch: Any, dev: Any) -> Any:
     return t.to(dev) if dev is not None else t
 
 
+@tensorly_keywords("fit_gradient")
 def fit_gradient(
     x: Array,
     rank: int | CPTensor,
@@ -142,6 +145,7 @@ def fit_gradient(
             "use fit_als for operators or pass x.to_dense()"
         )
     shape, _ = check_tensor(x)
+    rank, init = coerce_start(rank, init)
     start, rank = resolve_start(x, shape, rank, init, _INITS)
     if loss not in _LOSSES:
         raise CPTensorError(f"loss must be one of {_LOSSES}, got {loss!r}")
@@ -408,4 +412,5 @@ def _finish(
         stop_reason=reason,
         seconds=time.perf_counter() - t0,
         info=info,
+        method="gradient",
     )

@@ -9,7 +9,7 @@ from typing import Any
 from ..cp import CPTensor
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class CPFit:
     """The outcome of :func:`~cptensor.fit.fit_als` or :func:`~cptensor.fit.fit_gradient`.
 
@@ -39,6 +39,15 @@ class CPFit:
         Wall-clock seconds of the whole fit (initialisation included).
     info:
         Extra diagnostics (line-search acceptances, solver notes, ...).
+    method:
+        The fitting method: ``"als"`` or ``"gradient"`` (empty when not recorded).
+
+    Notes
+    -----
+    ``print(result)`` shows one line (method, rank, shape, fit, iterations,
+    convergence), never the arrays or the history; the fields hold the rest. Functions that
+    take a CP model (:func:`cptensor.reconstruct`, :func:`cptensor.score`, ``init=`` of
+    the fits, ...) accept a ``CPFit`` for its ``cp``.
 
     Examples
     --------
@@ -49,6 +58,8 @@ class CPFit:
     >>> result = fit_als(x, 2, seed=0)
     >>> result.converged, result.rel_error < 1e-6
     (True, True)
+    >>> result  # doctest: +ELLIPSIS
+    CPFit(method='als', rank=2, shape=(4, 5, 6), fit=1, rel_error=..., n_iter=..., converged=True)
     """
 
     cp: CPTensor
@@ -60,6 +71,15 @@ class CPFit:
     stop_reason: str
     seconds: float
     info: Mapping[str, Any] = field(default_factory=dict)
+    method: str = ""
+
+    def __repr__(self) -> str:
+        method = f"method={self.method!r}, " if self.method else ""
+        return (
+            f"CPFit({method}rank={self.cp.rank}, shape={self.cp.shape}, fit={self.fit:.6g}, "
+            f"rel_error={self.rel_error:.3g}, n_iter={self.n_iter}, "
+            f"converged={self.converged})"
+        )
 
 
 @dataclass(frozen=True)

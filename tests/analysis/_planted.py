@@ -8,7 +8,13 @@ from cptensor import CPTensor, reconstruct
 
 
 def collinear_factor(rng: np.random.Generator, size: int, rank: int, rho: float) -> np.ndarray:
-    """``(size, rank)`` with unit columns whose pairwise cosines are about ``rho``."""
+    """``(size, rank)`` with unit columns whose pairwise cosines are about ``rho``.
+
+    When ``rank > size`` no such matrix need exist: the columns are then independent
+    Gaussian directions (cosines about ``±1/√size``)."""
+    if rank > size:
+        a = rng.standard_normal((size, rank))
+        return a / np.linalg.norm(a, axis=0)
     corr = np.full((rank, rank), rho) + (1 - rho) * np.eye(rank)
     q, _ = np.linalg.qr(rng.standard_normal((size, rank)))
     return q @ np.linalg.cholesky(corr).T

@@ -306,13 +306,13 @@ def test_mixed_devices(call, match):
         ),
         (lambda: ct.unfold([[1.0]], 0), TypeError, r"x: expected an array .*got list"),
         (lambda: ct.mttkrp([[1.0]], F[:2], 0), TypeError, r"x: expected an array .*got list"),
-        (lambda: ct.reconstruct(F), TypeError, r"cp must be a cptensor.CPTensor, got list"),
+        (lambda: ct.reconstruct(F), TypeError, r"cp must be a cptensor.CPTensor, .*got list"),
         (
             lambda: ct.norm("x"),
             TypeError,
-            r"x must be a CPTensor, an array or a TensorOperator, got str",
+            r"x must be an array, a TensorOperator or a CP model .*got str",
         ),
-        (lambda: ct.normalize(X), TypeError, r"cp must be a cptensor.CPTensor, got ndarray"),
+        (lambda: ct.normalize(X), TypeError, r"cp must be a cptensor.CPTensor, .*got ndarray"),
         (lambda: ct.fix_modes(CP, [0]), TypeError, r"fixed must be a mapping"),
         (
             lambda: ct.entries(CP, (np.array([0.5]),) * 3),
@@ -344,10 +344,11 @@ def test_fix_signs_reference_dtype_and_device():
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
-@pytest.mark.parametrize("kind", ["int64", "uint8", "bool", "complex128"])
+@pytest.mark.parametrize("kind", ["int64", "uint8", "bool"])
 def test_cp_tensors_hold_real_floats_only(backend, kind):
     """Integer factors overflowed silently (norm 0 for entries 2³¹), uint8 gave float16,
-    bool gave 1.0, complex gave 0j: refused, naming the factor and its dtype."""
+    bool gave 1.0: refused, naming the factor and its dtype. (Complex factors are
+    supported: tests/core/test_complex.py.)"""
     arr = np.full((3, 2), 2**31 if kind == "int64" else 1).astype(kind)
     if backend == "torch":
         torch = pytest.importorskip("torch")

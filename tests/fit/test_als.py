@@ -243,7 +243,6 @@ def test_dimension_tree_makes_two_passes_per_sweep(monkeypatch):
 @pytest.mark.parametrize("shape", [(3, 4), (5, 4, 3), (4, 3, 5, 2), (3, 2, 4, 2, 3)])
 def test_tree_mttkrps_match_reference(shape):
     from cptensor.fit.als import _Dense
-    from cptensor.products import _contract_rank_last
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape)
@@ -252,8 +251,29 @@ def test_tree_mttkrps_match_reference(shape):
     p_left, p_right = d.partial_left(fs), d.partial_right(fs)
     for n in range(len(shape)):
         if n < d.k:
-            got = _contract_rank_last(p_left, fs[: d.k], n)
+            got = d.finish_left(p_left, fs, n)
         else:
-            got = _contract_rank_last(p_right, fs[d.k :], n - d.k)
+            got = d.finish_right(p_right, fs, n)
         ref = ct.unfold(x, n) @ ct.khatri_rao(fs, skip=n)
         np.testing.assert_allclose(got, ref, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(5, 1, 4), (7, 5, 6, 4), (4, 3, 5, 2, 6), (2, 3, 1, 2, 2, 3)])
+def test_sweeps_equal_textbook_als(shape):
+    """The dimension tree updates every mode with the latest factors of all the others:
+    six sweeps equal six sweeps of textbook ALS (one full MTTKRP per mode)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape)
+    start = ct.init.random(shape, 2, seed=1)
+    fs = [np.array(f) for f in start.factors]
+    fs[0] = fs[0] * np.asarray(start.weights)
+    for _ in range(6):
+        for n in range(len(shape)):
+            v = np.ones((2, 2))
+            for k, f in enumerate(fs):
+                if k != n:
+                    v = v * (f.T @ f)
+            fs[n] = ct.unfold(x, n) @ ct.khatri_rao(fs, skip=n) @ np.linalg.pinv(v)
+    ref = ct.reconstruct(ct.CPTensor(np.ones(2), fs))
+    res = fit_als(x, start, max_iter=6, tol=0, line_search=False)
+    np.testing.assert_allclose(ct.reconstruct(res.cp), ref, atol=1e-10 * np.abs(ref).max())

@@ -1,0 +1,101 @@
+"""The fast data checks and float64 reductions of the fits (``fit._common``, ``fit._solve``):
+one-read shortcuts must give exactly the answers of the plain entry-wise versions."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from cptensor.errors import CPTensorError
+from cptensor.fit._common import (
+    REDUCE_ELEMENTS,
+    magnitude_scale,
+    prepare_mask,
+    sum_squares64,
+)
+from cptensor.fit._solve import _all_finite
+
+
+def test_prepare_mask_accepts_finite_data_whose_sum_overflows():
+    x = np.full((3, 4), 1e308)  # every entry finite, their sum is inf
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(x.sum())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert prepare_mask(x, None) is None
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf])
+def test_prepare_mask_still_refuses_infinite_entries(bad):
+    x = np.ones((3, 4))
+    x[1, 2] = bad
+    with pytest.raises(CPTensorError, match="infinite"):
+        prepare_mask(x, None)
+
+
+def test_prepare_mask_still_finds_nans():
+    x = np.ones((3, 4), dtype=np.float32)
+    x[0, 1] = np.nan
+    with pytest.warns(UserWarning, match="1 NaN"):
+        mask = prepare_mask(x, None)
+    assert mask is not None and not mask[0, 1] and mask.sum() == 11
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([1.0, -(2.0**40)], 2.0**-41),  # the largest magnitude is negative
+        ([2.0**-40, -(2.0**-45)], 2.0**39),
+        ([3.0, -5.0], 1.0),  # within range: no rescaling
+        ([0.0, 0.0], 1.0),
+        ([1.0, np.nan], 1.0),
+    ],
+)
+def test_magnitude_scale_uses_the_largest_magnitude(values, expected):
+    a = np.array(values)
+    assert magnitude_scale(np, a) == expected
+    if np.all(np.isfinite(a)) and np.any(a):
+        assert 0.5 <= np.max(np.abs(a * expected)) < 1.0 or expected == 1.0
+
+
+def test_sum_squares64_over_many_chunks_matches_float64_sum():
+    rng = np.random.default_rng(0)
+    rows = 3 * REDUCE_ELEMENTS // 1000 + 7  # several chunks and a ragged last one
+    a = rng.standard_normal((rows, 1000)).astype(np.float32) * 1e3
+    exact = float(np.sum(a.astype(np.float64) ** 2))
+    assert sum_squares64(np, a) == pytest.approx(exact, rel=1e-13)
+    # float32 accumulation would be visibly off at this size; float64 is not
+    assert abs(float(np.sum(a * a, dtype=np.float32)) - exact) > abs(sum_squares64(np, a) - exact)
+
+
+def test_sum_squares64_complex_and_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    z = (rng.standard_normal((300, 900)) + 1j * rng.standard_normal((300, 900))).astype(
+        np.complex64
+    )
+    exact = float(np.sum(np.abs(z.astype(np.complex128)) ** 2))
+    assert sum_squares64(np, z) == pytest.approx(exact, rel=1e-13)
+    t = torch.from_numpy(z.real.copy())
+    exact_t = float(np.sum(z.real.astype(np.float64) ** 2))
+    import cptensor._backend as backend
+
+    assert sum_squares64(backend.namespace(t), t) == pytest.approx(exact_t, rel=1e-13)
+
+
+def test_all_finite_shortcut_and_overflow_fallback():
+    assert _all_finite(np, np.array([[1e308, 1e308]]))  # sum overflows, entries finite
+    assert not _all_finite(np, np.array([[1.0, np.nan]]))
+    assert not _all_finite(np, np.array([[np.inf, -np.inf]]))  # sum is nan
+
+
+def test_shortcuts_raise_no_overflow_warning():
+    from cptensor.fit._common import all_finite
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _all_finite(np, np.array([1e308, 1e308]))
+        assert all_finite(np, np.array([1e308, 1e308]))
+        assert not all_finite(np, np.array([np.inf, -np.inf]))
