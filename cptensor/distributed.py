@@ -2,7 +2,9 @@
 
 A tensor too large for one machine's time or memory — the attention delta of a 70B model
 — is split into blocks, and each process reads only its own
-(:meth:`cptensor.structured.BlockTensor.shard`). Every contraction ALS needs is a sum over
+(:meth:`cptensor.structured.BlockTensor.shard`, or
+:meth:`cptensor.structured.LowRankBlockTensor.shard` for a LoRA delta kept as its
+factors). Every contraction ALS needs is a sum over
 blocks (the MTTKRPs, ``‖X‖²``, ``‖X − M‖²``, ``⟨X, M⟩``), so each process computes its
 part and the parts are added across processes. :class:`SumOverProcesses` wraps the local
 part and a sum-reduction (by default ``torch.distributed.all_reduce``); ``fit_als``,
@@ -41,10 +43,10 @@ from typing import Any
 import numpy as np
 
 from ._backend import Array
-from .errors import CPTensorTypeError
+from .errors import CPTensorError, CPTensorTypeError
 from .operator import is_operator
 
-__all__ = ["SumOverProcesses", "torch_sum"]
+__all__ = ["SumOverProcesses", "shard_over_processes", "torch_sum"]
 
 
 def torch_sum(group: Any = None) -> Callable[[Array], Array]:
@@ -83,8 +85,9 @@ class SumOverProcesses:
     Parameters
     ----------
     local : TensorOperator
-        This process's part, e.g. ``BlockTensor.shard(rank, world)``: a tensor of the
-        whole shape whose contractions cover this process's blocks only.
+        This process's part, e.g. ``BlockTensor.shard(rank, world)`` or
+        ``LowRankBlockTensor.shard(rank, world)``: a tensor of the whole shape whose
+        contractions cover this process's blocks only.
     reduce : callable, optional
         ``reduce(array) -> array``: the sum of ``array`` over all processes, returned to
         every process (default: :func:`torch_sum` over the default group). Each method
@@ -186,3 +189,44 @@ class SumOverProcesses:
 
     def __repr__(self) -> str:
         return f"SumOverProcesses({self.local!r})"
+
+
+def shard_over_processes(x: Any, group: Any = None) -> Any:
+    """``x`` spread over the processes of ``torch.distributed``: this process's
+    ``x.shard(rank, world)`` wrapped in :class:`SumOverProcesses` (summed over the default
+    group, or ``group``). A tensor without a ``shard`` method (a dense array) is returned
+    as it is: every process then holds and computes on all of it, with the same result.
+    Every process must call it, and then the same methods, in the same order.
+
+    Raises
+    ------
+    CPTensorError
+        When ``torch.distributed`` is not initialised, or ``x`` has fewer blocks than
+        there are processes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.ones((2, 3))
+    >>> shard_over_processes(x) is x   # dense: nothing to shard, no process group needed
+    True
+    """
+    if not callable(getattr(x, "shard", None)):
+        return x
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover - torch is optional for the core
+        dist = None
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        raise CPTensorError(
+            "x: sharding over processes needs torch.distributed initialised "
+            "(dist.init_process_group, e.g. under torchrun)"
+        )
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    n_blocks = math.prod(int(x.shape[m]) for m in x.grid_modes)
+    if world > n_blocks:
+        raise CPTensorError(
+            f"x has {n_blocks} blocks but there are {world} processes; expected at most "
+            f"{n_blocks} (one block or more per process)"
+        )
+    return SumOverProcesses(x.shard(rank, world), reduce=torch_sum(group))

@@ -52,7 +52,7 @@ import copy
 import itertools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -75,6 +75,15 @@ from .reconstruct import fix_modes, reconstruct
 __all__ = ["BlockTensor", "LowRankBlockTensor"]
 
 Key = tuple[int, ...]
+
+
+class _Stacks(NamedTuple):
+    """The ``U`` and ``V`` of a :class:`LowRankBlockTensor`'s blocks, stacked."""
+
+    u: Array  # (p, G, S)
+    v: Array  # (q, G, S)
+    s: int
+    xp: Any
 
 
 # -- shared helpers -------------------------------------------------------------------
@@ -127,6 +136,19 @@ def _normalize_key(key: Any, grid_sizes: tuple[int, ...], what: str) -> Key:
             "(one index per grid mode, in increasing mode order)"
         )
     return k
+
+
+def _shard_indices(index: Any, count: Any, n_blocks: int) -> tuple[int, ...]:
+    """Row-major block indices of shard ``index`` of ``count``: every ``count``-th block."""
+    for what, v in (("index", index), ("count", count)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise CPTensorTypeError(f"{what} must be an int, got {type(v).__name__}")
+    if not 1 <= count <= n_blocks or not 0 <= index < count:
+        raise CPTensorError(
+            f"shard({index}, {count}): expected 1 <= count <= {n_blocks} blocks and "
+            "0 <= index < count"
+        )
+    return tuple(range(int(index), n_blocks, int(count)))
 
 
 def _check_factors(factors: Sequence[Array], shape: tuple[int, ...]) -> tuple[list[Array], int]:
@@ -463,16 +485,9 @@ class BlockTensor:
         >>> round(sum(p.norm() ** 2 for p in parts), 6) == round(float((x ** 2).sum()), 6)
         True
         """
-        n = self._layout.n_blocks
-        for what, v in (("index", index), ("count", count)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise CPTensorTypeError(f"{what} must be an int, got {type(v).__name__}")
-        if not 1 <= count <= n or not 0 <= index < count:
-            raise CPTensorError(
-                f"shard({index}, {count}): expected 1 <= count <= {n} blocks and 0 <= index < count"
-            )
+        own = set(_shard_indices(index, count, self._layout.n_blocks))
         out = copy.copy(self)
-        out._shard = frozenset(k for i, k in enumerate(self._layout.keys()) if i % count == index)
+        out._shard = frozenset(k for i, k in enumerate(self._layout.keys()) if i in own)
         out._probe = None
         out._pcache = {}
         return out
@@ -770,9 +785,12 @@ class LowRankBlockTensor:
     tensor is then ``ΔWᵀ``. Whether ``d_in`` reshapes to ``(d_h, H)`` or ``(H, d_h)`` is
     the order of ``col_modes``: ``(2, 1)`` reads it as ``(H, d_h)``.
 
-    All pairs are read at construction and stacked (padding smaller ranks with zero
-    columns, which changes nothing): ``(∏ row sizes) · n_blocks · s_max`` numbers for
-    ``U``, likewise for ``V``. MTTKRP costs a few GEMMs of that size with the factors.
+    The pairs are read on first use (as :class:`BlockTensor` reads its blocks; a bad
+    pair raises then, naming its block) and stacked, padding smaller ranks with zero
+    columns, which changes nothing: ``(∏ row sizes) · n_blocks · s_max`` numbers for
+    ``U``, likewise for ``V``, held from then on. MTTKRP costs a few GEMMs of that size
+    with the factors. :meth:`shard` gives a process a part that reads and holds only its
+    own blocks' pairs.
 
     Examples
     --------
@@ -826,10 +844,30 @@ class LowRankBlockTensor:
                 "factors must be a mapping or a callable key -> (U, V), "
                 f"got {type(factors).__name__}"
             )
+        self._get = get
+        self._pq = (p, q)
+        self._own: tuple[int, ...] | None = None  # row-major block indices held; None: all
+        self._shard_of: tuple[int, int] | None = None
+        self._data: _Stacks | None = None
+        self._norm_sq: float | None = None
+        self._cache: dict[str, tuple[list[Array], Array]] = {}
+
+    def _stacks(self) -> _Stacks:
+        """``U`` and ``V`` of the blocks held, read (once) on first use."""
+        if self._data is None:
+            self._data = self._read()
+        return self._data
+
+    def _read(self) -> _Stacks:
+        p, q = self._pq
+        rm, cm = self._row_modes, self._col_modes
+        keys = list(self._layout.keys())
+        if self._own is not None:
+            keys = [keys[i] for i in self._own]
         pairs: list[tuple[Array, Array] | None] = []
         first = None
-        for key in lay.keys():
-            pair = get(key)
+        for key in keys:
+            pair = self._get(key)
             if pair is None:
                 pairs.append(None)
                 continue
@@ -859,6 +897,12 @@ class LowRankBlockTensor:
             )
             pairs.append((u, v))
         if first is None:
+            if self._shard_of is not None:
+                index, count = self._shard_of
+                raise CPTensorError(
+                    f"shard({index}, {count}): all {len(keys)} blocks of this shard are None "
+                    "(zero), so it has no dtype or device; use fewer processes"
+                )
             raise CPTensorError("all blocks are None (zero); give at least one (U, V) pair")
         xp = namespace(first)
         s_max = max(int(pr[0].shape[1]) for pr in pairs if pr is not None)
@@ -875,12 +919,30 @@ class LowRankBlockTensor:
 
         # Stored as (p, G, S) and (q, G, S): reshaping to (p, G·S) is a free view, and
         # every contraction over rows is one GEMM with all blocks at once.
-        self._u = xp.stack([padded(None if pr is None else pr[0], p) for pr in pairs], axis=1)
-        self._v = xp.stack([padded(None if pr is None else pr[1], q) for pr in pairs], axis=1)
-        self._s = s_max
-        self._xp = xp
-        self._norm_sq: float | None = None
-        self._cache: dict[str, tuple[list[Array], Array]] = {}
+        u = xp.stack([padded(None if pr is None else pr[0], p) for pr in pairs], axis=1)
+        v = xp.stack([padded(None if pr is None else pr[1], q) for pr in pairs], axis=1)
+        return _Stacks(u, v, s_max, xp)
+
+    @property
+    def _u(self) -> Array:
+        return self._stacks().u
+
+    @property
+    def _v(self) -> Array:
+        return self._stacks().v
+
+    @property
+    def _s(self) -> int:
+        return self._stacks().s
+
+    @property
+    def _xp(self) -> Any:
+        return self._stacks().xp
+
+    @property
+    def _g(self) -> int:
+        """The number of blocks held (all, or this shard's)."""
+        return self._layout.n_blocks if self._own is None else len(self._own)
 
     # -- protocol ----------------------------------------------------------------------
     @property
@@ -920,8 +982,77 @@ class LowRankBlockTensor:
 
     @property
     def max_block_rank(self) -> int:
-        """The largest ``s`` over the blocks (smaller ones are zero-padded to it)."""
+        """The largest ``s`` over the blocks held (smaller ones are zero-padded to it)."""
         return self._s
+
+    def keys(self) -> Iterator[Key]:
+        """All block keys, in row-major grid order."""
+        return self._layout.keys()
+
+    def shard(self, index: int, count: int) -> LowRankBlockTensor:
+        """The part of this tensor that process ``index`` of ``count`` holds: every
+        ``count``-th block in row-major order, starting at block ``index`` (the blocks
+        :meth:`BlockTensor.shard` would give). It reads the pairs of its own blocks only,
+        on first use, and holds only their ``U`` and ``V`` (taken from this tensor's,
+        without reading again, when this one has read them already). Its contractions
+        (MTTKRP, norms, inner products, products with matrices, :meth:`gram` of a row or
+        column mode, :meth:`to_dense`) are sums over its own blocks, so the sums over all
+        ``count`` shards are those of the whole tensor:
+        :class:`~cptensor.distributed.SumOverProcesses` adds them up across processes.
+        The Gram of a grid mode pairs blocks of different shards and is refused.
+
+        Raises ``ValueError`` when ``count`` is not in ``1 … n_blocks`` or ``index`` not in
+        ``0 … count - 1``, and (on first use) when every block of the shard is ``None``.
+
+        >>> import numpy as np
+        >>> from cptensor import mttkrp
+        >>> rng = np.random.default_rng(0)
+        >>> pairs = {(l,): (rng.standard_normal((4, 2)), rng.standard_normal((6, 2)))
+        ...          for l in range(3)}
+        >>> read = []
+        >>> lr = LowRankBlockTensor((4, 3, 2, 3), (0,), (1, 2),
+        ...                         lambda key: read.append(key) or pairs[key])
+        >>> parts = [lr.shard(i, 2) for i in range(2)]
+        >>> fs = [rng.standard_normal((n, 5)) for n in lr.shape]
+        >>> x = np.stack([(u @ v.T).reshape(4, 3, 2) for u, v in pairs.values()], axis=-1)
+        >>> bool(np.allclose(sum(mttkrp(p, fs, 3) for p in parts), mttkrp(x, fs, 3)))
+        True
+        >>> read  # each block read once, by its own shard
+        [(0,), (2,), (1,)]
+        """
+        own = _shard_indices(index, count, self._layout.n_blocks)
+        out = copy.copy(self)
+        out._own, out._shard_of = own, (int(index), int(count))
+        out._norm_sq, out._cache, out._data = None, {}, None
+        held = range(self._layout.n_blocks) if self._own is None else self._own
+        if self._data is not None and set(own) <= set(held):
+            xp = self._data.xp
+            pos = {g: j for j, g in enumerate(held)}
+            idx = xp.asarray([pos[g] for g in own], dtype=xp.int64, device=self.device)
+            u = xp.take(self._data.u, idx, axis=1)
+            v = xp.take(self._data.v, idx, axis=1)
+            out._data = _Stacks(u, v, self._data.s, xp)
+        return out
+
+    def _own_rows(self, a: Array) -> Array:
+        """The rows of ``a`` (one per block of the whole grid) of the blocks held."""
+        if self._own is None:
+            return a
+        xp = self._xp
+        idx = xp.asarray(self._own, dtype=xp.int64, device=device(a))
+        return xp.take(a, idx, axis=0)
+
+    def _grid_rows(self, a: Array) -> Array:
+        """``a`` (one row per block held) spread over the whole grid, zero elsewhere."""
+        if self._own is None:
+            return a
+        xp = self._xp
+        zero = xp.zeros((1, *shape_tuple(a)[1:]), dtype=a.dtype, device=device(a))
+        pos = [self._g] * self._layout.n_blocks
+        for j, g in enumerate(self._own):
+            pos[g] = j
+        idx = xp.asarray(pos, dtype=xp.int64, device=device(a))
+        return xp.take(xp.concat([a, zero], axis=0), idx, axis=0)
 
     def _check(self, factors: Sequence[Array]) -> tuple[list[Array], int]:
         mats, rank = _check_factors(factors, self.shape)
@@ -949,10 +1080,10 @@ class LowRankBlockTensor:
         self._cache[which] = ([xp.asarray(m, copy=True) for m in used], out)
         return out
 
-    def _gridw(self, mats: Sequence[Array], skip: int | None = None) -> Array:
-        """``w[g, r] = Π_{k grid, k≠skip} A_k[g_k, r]``, shape ``(G, R)``."""
-        kept = [mats[m] for m in self._layout.grid_modes if m != skip]
-        return _khatri_rao(kept, None, like=mats[0])
+    def _gridw(self, mats: Sequence[Array]) -> Array:
+        """``w[g, r] = Π_{k grid} A_k[g_k, r]`` over the blocks held, shape ``(G, R)``."""
+        kept = [mats[m] for m in self._layout.grid_modes]
+        return self._own_rows(_khatri_rao(kept, None, like=mats[0]))
 
     def _rep(self, w: Array) -> Array:
         """``w`` (G, R) repeated S times along rows: ``(G·S, R)``."""
@@ -985,7 +1116,8 @@ class LowRankBlockTensor:
                 mats, self._col_modes, self._col_sizes, y, self._col_modes.index(n)
             )
         rank = int(crow.shape[1])
-        v = xp.sum(xp.reshape(crow * ccol, (lay.n_blocks, self._s, rank)), axis=1)  # (G, R)
+        v = xp.sum(xp.reshape(crow * ccol, (self._g, self._s, rank)), axis=1)  # (G, R)
+        v = self._grid_rows(v)  # a shard's blocks in the whole grid, zero elsewhere
         gi = lay.grid_modes.index(n)
         if len(lay.grid_modes) == 1:
             return v
@@ -1013,7 +1145,7 @@ class LowRankBlockTensor:
         u = float64_of(xp, self._flat("u"))
         v = float64_of(xp, self._flat("v"))
         prod = (u.T @ u) * (v.T @ v)  # (G·S, G·S)
-        g = self._layout.n_blocks
+        g = self._g
         out = xp.sum(xp.reshape(prod, (g, self._s, g, self._s)), axis=(1, 3))
         from ._backend import to_numpy
 
@@ -1043,9 +1175,11 @@ class LowRankBlockTensor:
         v = float64_of(xp, self._flat("v"))
         crow = u.T @ _khatri_rao([m64[m] for m in self._row_modes], None, like=m64[0])
         ccol = v.T @ _khatri_rao([m64[m] for m in self._col_modes], None, like=m64[0])
-        g, rank = self._layout.n_blocks, cp.rank
+        g, rank = self._g, cp.rank
         val = xp.sum(xp.reshape(crow * ccol, (g, self._s, rank)), axis=1)  # (G, R)
-        w = _khatri_rao([m64[m] for m in self._layout.grid_modes], None, like=m64[0])
+        w = self._own_rows(
+            _khatri_rao([m64[m] for m in self._layout.grid_modes], None, like=m64[0])
+        )
         return scalar(xp.sum(val * w * float64_of(xp, cp.weights)))
 
     def residual_norm(self, cp: CPTensor) -> float:
@@ -1056,9 +1190,15 @@ class LowRankBlockTensor:
         m64 = [float64_of(xp, m) for m in cp.factors]
         w64 = float64_of(xp, cp.weights)
         gram = None
-        for m in m64:
+        grid = self._layout.grid_modes
+        for k, m in enumerate(m64):
+            if self._own is not None and k in grid:
+                continue
             gm = m.T @ m
             gram = gm if gram is None else gram * gm
+        if self._own is not None:  # ‖cp‖² over the blocks held: grid rows of those only
+            w = self._own_rows(_khatri_rao([m64[k] for k in grid], None, like=m64[0]))
+            gram = gram * (w.T @ w)
         cp_sq = scalar(w64 @ (gram @ w64))
         sq = self._sq_norm() + cp_sq - 2.0 * self.inner_cp(cp)
         return math.sqrt(max(sq, 0.0))
@@ -1069,7 +1209,7 @@ class LowRankBlockTensor:
         check_same_device_dtype([self._u, mats[0]], ["the operator's U", "matrices[0]"])
         xp = self._xp
         lay = self._layout
-        g, s = lay.n_blocks, self._s
+        g, s = self._g, self._s
 
         def side(a: Array, modes: Sequence[int], sizes: Sequence[int]) -> tuple[Array, list[int]]:
             t = xp.reshape(a, (*sizes, g, s))
@@ -1085,7 +1225,7 @@ class LowRankBlockTensor:
         t = xp.matmul(xp.permute_dims(ut, (1, 0, 2)), xp.permute_dims(vt, (1, 2, 0)))
         jg = [int(mats[m].shape[0]) for m in lay.grid_modes]
         if lay.grid_modes:
-            k = kronecker([mats[m].T for m in lay.grid_modes])  # (G, ∏ J_grid)
+            k = self._own_rows(kronecker([mats[m].T for m in lay.grid_modes]))  # (G, ∏ J_grid)
             core = xp.reshape(t, (g, -1)).T @ k
         else:
             core = xp.reshape(t, (-1, 1))
@@ -1098,7 +1238,12 @@ class LowRankBlockTensor:
         mode = int(mode) % self.ndim
         xp = self._xp
         lay = self._layout
-        g, s = lay.n_blocks, self._s
+        g, s = self._g, self._s
+        if mode in lay.grid_modes and self._own is not None:
+            raise CPTensorError(
+                f"gram({mode}) of a shard: a grid mode's Gram pairs blocks of different "
+                "shards; compute it on the whole tensor"
+            )
         if mode in lay.grid_modes:
             pg = xp.asarray(self._block_inner(), dtype=self.dtype, device=self.device)
             gi = lay.grid_modes.index(mode)
@@ -1138,13 +1283,15 @@ class LowRankBlockTensor:
         lay = self._layout
         ug = xp.permute_dims(self._u, (1, 0, 2))  # (G, p, S)
         vg = xp.permute_dims(self._v, (1, 2, 0))  # (G, S, q)
-        blocks = xp.matmul(ug, vg)  # (G, p, q)
+        blocks = self._grid_rows(xp.matmul(ug, vg))  # (G, p, q), zero outside a shard
         stacked = xp.reshape(blocks, (*lay.grid_sizes, *self._row_sizes, *self._col_sizes))
         return xp.permute_dims(stacked, lay.dense_axes())
 
     def __repr__(self) -> str:
         return (
             f"LowRankBlockTensor(shape={self.shape}, row_modes={self.row_modes}, "
-            f"col_modes={self.col_modes}, n_blocks={self._layout.n_blocks}, "
-            f"max_block_rank={self._s})"
+            f"col_modes={self.col_modes}, n_blocks={self._layout.n_blocks}"
+            + ("" if self._shard_of is None else f", shard={self._shard_of}")
+            + ("" if self._data is None else f", max_block_rank={self._data.s}")
+            + ")"
         )

@@ -13,8 +13,16 @@ the resumed run continues exactly where the interrupted one stopped, and
 ``load_best_model_at_end`` does the same with the best checkpoint.
 
 Only the ``Trainer``'s private ``_save`` and ``_load_from_checkpoint`` hooks are replaced
-(as the ``Trainer`` itself special-cases PEFT models there); everything else is the
-``Trainer`` unchanged.
+(as the ``Trainer`` itself special-cases PEFT models there), and, when the ``Trainer``
+shards the model with FSDP (``fsdp=...`` or an Accelerate FSDP config), ``save_model``
+and ``_save_optimizer_and_scheduler``: under FSDP the ``Trainer`` would gather the whole
+model's state dict (``FULL_STATE_DICT``) or skip ``_save`` altogether
+(``SHARDED_STATE_DICT``), and write the whole sharded model beside the optimizer; an
+:class:`AdapterTrainer` writes the adapters instead (every rank gathers them, rank 0
+writes) and the optimizer state, nothing of the base model. Everything else is the
+``Trainer`` unchanged. The same hooks are available as a mixin,
+:class:`AdapterCheckpoints`, for other ``Trainer`` subclasses (TRL's trainers:
+:mod:`cptensor_adapters.trl_trainers`).
 
 Examples
 --------
@@ -49,10 +57,11 @@ from transformers import Trainer
 from .io import load_adapter_weights, save_adapter
 from .model import adapter_names
 
-__all__ = ["AdapterTrainer", "adapter_checkpoint_dir"]
+__all__ = ["AdapterCheckpoints", "AdapterTrainer", "adapter_checkpoint_dir"]
 
-#: What the ``Trainer`` writes beside the model (kept as it names it).
+#: What the ``Trainer`` writes beside the model (kept as it names them).
 _TRAINING_ARGS = "training_args.bin"
+_SCHEDULER = "scheduler.pt"
 
 
 def adapter_checkpoint_dir(checkpoint: str | os.PathLike[str], name: str) -> Path:
@@ -69,17 +78,28 @@ def adapter_checkpoint_dir(checkpoint: str | os.PathLike[str], name: str) -> Pat
     return root if name == "default" else root / name
 
 
-class AdapterTrainer(Trainer):
-    """A ``transformers.Trainer`` whose checkpoints hold the model's adapters.
-
-    Use it as the ``Trainer`` (same arguments). See the module docstring for what a
-    checkpoint holds and how resuming works.
+class AdapterCheckpoints:
+    """Mixin for a ``transformers.Trainer`` subclass: its checkpoints hold the model's
+    adapters (see the module docstring). List it before the ``Trainer`` class, as in
+    ``class MyTrainer(AdapterCheckpoints, Trainer)``.
 
     Examples
     --------
-    >>> issubclass(AdapterTrainer, Trainer)
-    True
+    >>> class MyTrainer(AdapterCheckpoints, Trainer):
+    ...     pass
+    >>> [c.__name__ for c in MyTrainer.__mro__[:3]]
+    ['MyTrainer', 'AdapterCheckpoints', 'Trainer']
     """
+
+    # the Trainer attributes the hooks use (set by Trainer.__init__)
+    args: Any
+    accelerator: Any
+    model: Any
+    optimizer: Any
+    lr_scheduler: Any
+    processing_class: Any
+    state: Any
+    is_fsdp_enabled: bool
 
     def _unwrapped(self, model: Any = None) -> torch.nn.Module:
         return self.accelerator.unwrap_model(model if model is not None else self.model)
@@ -97,6 +117,32 @@ class AdapterTrainer(Trainer):
             self.processing_class.save_pretrained(str(out))
         torch.save(self.args, out / _TRAINING_ARGS)
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """``Trainer.save_model``, except under FSDP, where it would gather the whole
+        model's state dict (or, with ``SHARDED_STATE_DICT``, not call ``_save`` at all):
+        every rank gathers the adapters alone, and rank 0 writes them."""
+        if not getattr(self, "is_fsdp_enabled", False):
+            super().save_model(output_dir, _internal_call)  # type: ignore[misc]
+            return
+        self._save(output_dir)
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(  # type: ignore[attr-defined]
+                commit_message="Model save", revision=self.args.hub_revision
+            )
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if not getattr(self, "is_fsdp_enabled", False):
+            super()._save_optimizer_and_scheduler(output_dir)  # type: ignore[misc]
+            return
+        # the Trainer would also write the whole sharded model here (accelerate's
+        # save_fsdp_model keeps only a PEFT model's adapter): the optimizer state alone
+        from accelerate.utils import save_fsdp_optimizer
+
+        plugin = self.accelerator.state.fsdp_plugin
+        save_fsdp_optimizer(plugin, self.accelerator, self.optimizer, self.model, output_dir)
+        if self.args.should_save:
+            torch.save(self.lr_scheduler.state_dict(), Path(output_dir) / _SCHEDULER)
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         """Copy the adapters saved in ``resume_from_checkpoint`` into the model's own."""
         target = self._unwrapped(model)
@@ -107,3 +153,16 @@ class AdapterTrainer(Trainer):
         best = self.state.best_model_checkpoint
         if best is not None:
             self._load_from_checkpoint(best)
+
+
+class AdapterTrainer(AdapterCheckpoints, Trainer):
+    """A ``transformers.Trainer`` whose checkpoints hold the model's adapters.
+
+    Use it as the ``Trainer`` (same arguments). See the module docstring for what a
+    checkpoint holds and how resuming works.
+
+    Examples
+    --------
+    >>> issubclass(AdapterTrainer, Trainer)
+    True
+    """

@@ -21,6 +21,30 @@ def bert_config(**overrides: Any) -> Any:
     return transformers.BertConfig(**(sizes | {"vocab_size": VOCAB} | overrides))
 
 
+def gpt2_config(**overrides: Any) -> Any:
+    """The tiny GPT-2 geometry (hidden 32, 2 layers, 4 heads) as a ``GPT2Config``."""
+    import transformers
+
+    sizes = dict(n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0)
+    return transformers.GPT2Config(**(sizes | {"vocab_size": VOCAB} | overrides))
+
+
+def llama_config(**overrides: Any) -> Any:
+    """The tiny Llama geometry (hidden 32, 2 layers, 4 heads, 2 key/value heads: GQA) as a
+    ``LlamaConfig``."""
+    import transformers
+
+    sizes = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    return transformers.LlamaConfig(**(sizes | {"vocab_size": VOCAB} | overrides))
+
+
 def build_tiny(arch: str, seed: int = 0) -> nn.Module:
     """A tiny random model (2 layers, hidden 32, 4 heads; Llama with 2 KV heads), eval mode."""
     import transformers
@@ -31,27 +55,9 @@ def build_tiny(arch: str, seed: int = 0) -> nn.Module:
             bert_config(max_position_embeddings=64), add_pooling_layer=False
         )
     elif arch == "gpt2":
-        cfg = transformers.GPT2Config(
-            n_embd=32,
-            n_layer=2,
-            n_head=4,
-            vocab_size=VOCAB,
-            n_positions=64,
-            bos_token_id=0,
-            eos_token_id=0,
-        )
-        model = transformers.GPT2Model(cfg)
+        model = transformers.GPT2Model(gpt2_config())
     elif arch == "llama":
-        cfg = transformers.LlamaConfig(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=64,
-            vocab_size=VOCAB,
-            max_position_embeddings=64,
-        )
-        model = transformers.LlamaModel(cfg)
+        model = transformers.LlamaModel(llama_config())
     else:  # pragma: no cover
         raise ValueError(arch)
     return model.eval()

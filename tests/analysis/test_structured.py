@@ -191,17 +191,18 @@ def test_bad_construction() -> None:
         BlockTensor((3, 4, 2), (0, 1), lambda k: None, block_shape=(5, 3))
     with pytest.raises(ValueError, match="block_modes"):
         BlockTensor((3, 4, 2), (0, 0), lambda k: None)
+    # pairs are read (and checked) on first use, as BlockTensor reads its blocks
     with pytest.raises(ValueError, match=r"block \(1,\): U has shape \(3, 2\)"):
         LowRankBlockTensor(
             (3, 4, 2),
             (0,),
             (1,),
             {(0,): (np.ones((3, 2)), np.ones((4, 2))), (1,): (np.ones((3, 2)), np.ones((5, 2)))},
-        )
+        ).norm()
     with pytest.raises(ValueError, match="must not share"):
         LowRankBlockTensor((3, 4, 2), (0,), (0,), lambda k: None)
     with pytest.raises(ValueError, match="all blocks are None"):
-        LowRankBlockTensor((3, 4, 2), (0,), (1,), lambda k: None)
+        LowRankBlockTensor((3, 4, 2), (0,), (1,), lambda k: None).norm()
     lr = LowRankBlockTensor((3, 4, 2), (0,), (1,), lambda k: (np.ones((3, 1)), np.ones((4, 1))))
     with pytest.raises(ValueError, match=r"factors\[1\] has shape \(5, 2\)"):
         lr.mttkrp([np.ones((3, 2)), np.ones((5, 2)), np.ones((2, 2))], 0)

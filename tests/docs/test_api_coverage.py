@@ -44,6 +44,7 @@ MODULES = [
     "cptensor_adapters.grad_align",
     "cptensor_adapters.sharding",
     "cptensor_adapters.trainer",
+    "cptensor_adapters.trl_trainers",
 ]
 
 DIRECTIVE = re.compile(r"^:::\s+(?P<ident>[\w.]+)\s*$")
