@@ -47,6 +47,7 @@ if TYPE_CHECKING:
         load_adapter_weights,
         read_saved_adapter,
         save_adapter,
+        save_pretrained,
     )
     from .layout import AXES, LAYOUTS, GroupPlan, Layout, plan_groups
     from .model import (
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
         merge_and_unload,
         merged_adapters,
         parameter_report,
+        print_trainable_parameters,
         remove_adapter,
         set_active,
         unmerge,
@@ -112,8 +114,10 @@ _LAZY: dict[str, str] = {
     "merged_adapters": ".model",
     "parameter_report": ".model",
     "plan_groups": ".layout",
+    "print_trainable_parameters": ".model",
     "remove_adapter": ".model",
     "save_adapter": ".io",
+    "save_pretrained": ".io",
     "save_as_peft_lora": ".peft_export",
     "set_active": ".model",
     "unmerge": ".model",
@@ -175,10 +179,12 @@ __all__ = [
     "merged_adapters",
     "parameter_report",
     "plan_groups",
+    "print_trainable_parameters",
     "read_saved_adapter",
     "remove_adapter",
     "save_adapter",
     "save_as_peft_lora",
+    "save_pretrained",
     "set_active",
     "unmerge",
 ]

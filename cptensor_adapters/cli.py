@@ -12,7 +12,9 @@ Subcommands::
 Every subcommand explains its options with ``--help``, shows progress bars on long work
 (unless ``--json`` or ``--quiet``), prints machine-readable output with ``--json``, and
 exits with status 0 on success and a non-zero status with a one-line error (no
-traceback) on bad input.
+traceback) on bad input. ``analyze`` and ``analyze-adapter`` print the report's verdict
+and next step first; given each other's input (an adapter directory to ``analyze``, a
+checkpoint to ``analyze-adapter``) they say which command reads it.
 
 >>> main(["fit", "/nonexistent.npy", "--rank", "2"])
 2
@@ -21,7 +23,8 @@ traceback) on bad input.
 from __future__ import annotations
 
 import argparse
-import math
+import os
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,18 +51,52 @@ __all__ = ["main", "parse_ranks"]
 
 # -- subcommands ------------------------------------------------------------------------
 def _report_summary(rep: Any, out: Path) -> str:
+    """The printed report: verdict and next step first, then the CP table (energy in
+    percent; the columns are defined in report.md)."""
+    from .deltas.verdict import fmt_core_consistency, fmt_pct, fmt_stability
+
+    v = rep.verdict
     tensors = "; ".join(f"{g} {s}" for g, s in zip(rep.groups, rep.shapes))
-    lines = [f"delta as {len(rep.shapes)} CP tensor(s) ({tensors}), norm {rep.norm:.4g}"]
+    lines = [f"Verdict: {v.text}", f"Next step: {v.next_step}", ""]
+    lines.append(f"delta as {len(rep.shapes)} CP tensor(s) ({tensors}), norm {rep.norm:.4g}")
     lines += [f"  {n}" for n in rep.notes]
-    lines.append("rank  parameters  energy captured  core consistency")
-    for r in rep.cp_rows:
-        cc = r.core_consistency
+    lines.append(
+        "rank  parameters  energy captured (%)  per-matrix SVD, same parameters (%)  "
+        "core consistency (%)  stability        converged (ALS sweeps)"
+    )
+    for i, r in enumerate(rep.cp_rows):
+        note = " ".join(str(s.rows[i].get("note", "")) for s in rep.sweeps)
+        conv = ", ".join(f"{'yes' if c else 'no'} ({n})" for c, n in zip(r.converged, r.n_iter))
         lines.append(
-            f"{r.rank:>4}  {r.parameters:>10,}  {100 * r.energy:>14.2f}%  "
-            f"{'n/a' if not math.isfinite(cc) else f'{cc:.1f}':>16}"
+            f"{r.rank:>4}  {r.parameters:>10,}  {fmt_pct(r.energy_captured_pct):>19}  "
+            f"{fmt_pct(r.svd_energy_captured_pct):>35}  "
+            f"{fmt_core_consistency(r.core_consistency, note):>20}  "
+            f"{fmt_stability(r.stability):<15}  {conv or 'n/a'}"
         )
-    lines.append(f"wrote {out}/report.md, report.json and figures")
+    rec = rep.recommended_rank
+    lines += [
+        rep.reading,
+        "rank rule of rank_sweep: "
+        + ("no swept rank passes" if rec is None else f"recommends rank {rec}")
+        + " (the rule and each rank's reasons are in report.md)",
+        f"wrote {out}/report.md (with the definitions of the columns), report.json and figures",
+    ]
     return "\n".join(lines)
+
+
+def _rerun_command(args: argparse.Namespace) -> str:
+    """The command line that re-runs this analysis, without ``--ranks``."""
+    if args.command == "analyze":
+        words = ["cptensor", "analyze", str(args.base), str(args.tuned)]
+        if args.heads is not None:
+            words += ["--heads", str(args.heads)]
+    else:
+        words = ["cptensor", "analyze-adapter", str(args.adapter_dir)]
+        if args.base_config is not None:
+            words += ["--base-config", str(args.base_config)]
+    words += ["--out", str(args.out), "--starts", str(args.starts)]
+    words += ["--max-iter", str(args.max_iter), "--seed", str(args.seed)]
+    return shlex.join(words)
 
 
 def _analyze_and_report(args: argparse.Namespace, delta: Any, ranks: list[int], title: str) -> int:
@@ -68,19 +105,50 @@ def _analyze_and_report(args: argparse.Namespace, delta: Any, ranks: list[int], 
 
     for plan in delta.plans:
         check_rank_range(ranks, plan.shape)
-    rep = analyze_delta(
-        delta,
-        ranks,
-        n_starts=args.starts,
-        seed=args.seed,
-        max_iter=args.max_iter,
-        progress=show_progress(args),
-        title=title,
-        callback=say_for(args),
-    )
+    rank = _process_rank(args)
+    try:
+        rep = analyze_delta(
+            delta,
+            ranks,
+            n_starts=args.starts,
+            seed=args.seed,
+            max_iter=args.max_iter,
+            progress=show_progress(args) and not rank,
+            title=title,
+            callback=None if rank else say_for(args),
+            rerun=_rerun_command(args),
+            distributed=rank is not None,
+        )
+    finally:
+        if rank is not None:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if rank:  # every process has the same report; rank 0 writes and prints it
+        return 0
     out = rep.save(args.out)
     emit(args, rep.to_dict() | {"out": str(out)}, _report_summary(rep, out))
     return 0
+
+
+def _process_rank(args: argparse.Namespace) -> int | None:
+    """This process's rank when the analysis is spread over processes (``--distributed``,
+    or ``WORLD_SIZE`` > 1 as ``torchrun`` sets it), joining torch.distributed's default
+    group (gloo) first; None otherwise."""
+    if not (args.distributed or int(os.environ.get("WORLD_SIZE", "1") or 1) > 1):
+        return None
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        raise CLIError("--distributed needs torch (pip install torch)") from None
+    if not dist.is_initialized():
+        if "MASTER_ADDR" not in os.environ:
+            raise CLIError(
+                "--distributed: run under torchrun (which sets RANK, WORLD_SIZE and "
+                "MASTER_ADDR), e.g. torchrun --nproc_per_node 2 -m cptensor_adapters.cli ..."
+            )
+        dist.init_process_group("gloo")
+    return int(dist.get_rank())
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
@@ -160,6 +228,12 @@ def _analysis_options(p: argparse.ArgumentParser) -> None:
         starts=2,
     )
     fit_options(p, 100)
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="spread the CP sweeps over the processes of torchrun (each reads only its "
+        "share of the blocks; rank 0 writes the report); on by itself when WORLD_SIZE > 1",
+    )
     common_options(p)
 
 
@@ -182,7 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
         "from two checkpoint directories (safetensors, read block by block), "
         "arrange it as the LoRTA tensor (d, d_h, H, L, M), and analyse its tensor "
         "rank: CP rank sweep, per-matrix rank profile, parameters needed to "
-        "capture a share of its energy for LoRA and for LoRTA.",
+        "capture a share of its energy for LoRA and for LoRTA. Prints the verdict first "
+        "(is the delta low tensor rank: does a CP rank capture >= 90 % of its energy with "
+        "at most half the parameters LoRA needs) and the adapter to train. For a saved adapter "
+        "directory use 'analyze-adapter'.",
     )
     a.add_argument("base", metavar="BASE", help="checkpoint directory of the base model")
     a.add_argument("tuned", metavar="TUNED", help="checkpoint directory of the fine-tuned model")
@@ -203,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
         "'peft_type') or one written by cptensor_adapters.save_adapter (any layout: LoRTA, "
         "LoRA, ...; its config has 'format': 'cptensor_adapters'). The format is read from "
         "adapter_config.json. Arrange the attention updates as the LoRTA tensor of low-rank "
-        "blocks (never formed densely) and analyse its tensor rank as 'analyze' does.",
+        "blocks (never formed densely) and analyse its tensor rank as 'analyze' does, "
+        "verdict first. For two model checkpoints (base and fine-tuned) use 'analyze'.",
     )
     aa.add_argument(
         "adapter_dir",

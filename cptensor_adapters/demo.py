@@ -216,6 +216,7 @@ def run_demo(
     """
     from .data import load_sst2, load_vader
     from .deltas import analyze_delta
+    from .deltas.verdict import fmt_pct
     from .train import TrainConfig, load_minilm, train_classifier
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -346,11 +347,13 @@ def run_demo(
             callback=lambda s: say("  " + s),
         )
         report.save(out)
+        say(f"  Verdict: {report.verdict.text}")
+        say(f"  Next step: {report.verdict.next_step}")
         for r in report.cp_rows:
             say(
                 f"  a LoRTA CP of rank {r.rank:>2} ({r.parameters:>6,} parameters) captures "
-                f"{100 * r.energy:5.1f}% of the delta's energy; per-matrix SVD with as many "
-                f"parameters: {100 * r.svd_energy_same_parameters:5.1f}%"
+                f"{fmt_pct(r.energy_captured_pct):>7} % of the delta's energy; per-matrix SVD "
+                f"with as many parameters: {fmt_pct(r.svd_energy_captured_pct):>7} %"
             )
         for e in report.energy_table:
             cp = (
@@ -359,7 +362,7 @@ def run_demo(
                 else f"{e.cp_parameters:,} (CP rank {e.cp_rank})"
             )
             say(
-                f"  to capture {100 * e.energy:.0f}% of the delta's energy: LoRA needs "
+                f"  to capture {e.energy_pct:g} % of the delta's energy: LoRA needs "
                 f"{e.lora_svd_parameters:,} parameters (per-matrix SVD), LoRTA {cp}"
             )
 

@@ -7,12 +7,17 @@ it was trained on, which :func:`load_adapter` checks against the model. Both fil
 written as one atomic replacement of the directory, and read only after their sizes,
 shapes and values are checked against each other and against the model. No pickle is
 involved at any point.
+
+:func:`save_pretrained` saves a whole adapted ``transformers`` model: the base model as
+``from_pretrained`` reads it, and each adapter beside it in this format, in
+``<directory>/cp_adapters/<name>/``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,39 +26,54 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from cptensor.errors import CPTensorError
+from cptensor.errors import CPTensorError, CPTensorTypeError
 from cptensor.files import SafetensorsFile, read_regular_file, replaced_directory
 
 from .config import AdapterConfig
 from .grid import WeightGrid
 from .layout import plan_groups
 from .model import (
+    adapter_names,
     attach,
     check_name,
     find_store,
     grid_for,
+    merged_adapters,
     require_adapter,
     update_requires_grad,
 )
-from .modules import iter_save_wrappers
-from .sharding import copy_into, gathered, on_writer
+from .modules import STORE_ATTR, iter_adapter_layers, iter_save_wrappers
+from .sharding import (
+    copy_into,
+    distributed,
+    gathered,
+    on_writer,
+    reject_fsdp1,
+    sharded_model,
+)
 
 __all__ = [
     "ADAPTER_CONFIG",
     "ADAPTER_WEIGHTS",
     "FORMAT",
+    "PRETRAINED_ADAPTERS",
     "SavedAdapter",
     "load_adapter",
     "load_adapter_weights",
     "read_adapter_config",
     "read_saved_adapter",
     "save_adapter",
+    "save_pretrained",
 ]
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 FORMAT = "cptensor_adapters"
 FORMAT_VERSION = 1
+#: Subdirectory of a :func:`save_pretrained` directory that holds the adapters, one
+#: subdirectory per adapter name (not the model directory itself: ``from_pretrained`` takes
+#: an ``adapter_config.json`` beside ``config.json`` for a PEFT adapter).
+PRETRAINED_ADAPTERS = "cp_adapters"
 
 
 def write_adapter_directory(
@@ -61,11 +81,15 @@ def write_adapter_directory(
     tensors: dict[str, torch.Tensor],
     config: dict[str, Any],
     metadata: dict[str, str] | None = None,
+    *,
+    collective: bool = True,
 ) -> Path:
     """Write ``adapter_model.safetensors`` and ``adapter_config.json`` into the directory
-    ``path`` as one atomic replacement (:func:`~cptensor_adapters._files.replaced_directory`):
+    ``path`` as one atomic replacement (:func:`~cptensor.files.replaced_directory`):
     after a crash at any instant the directory holds the old adapter or the new one.
-    Under ``torch.distributed`` rank 0 writes and every rank returns once it is written."""
+    Under ``torch.distributed`` rank 0 writes; with ``collective=True`` (a sharded model)
+    every rank returns once it is written, otherwise the other ranks return at once
+    (:func:`~cptensor_adapters.sharding.on_writer`)."""
     out = Path(path)
 
     def write() -> None:
@@ -73,7 +97,7 @@ def write_adapter_directory(
             save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata=metadata)
             (tmp / ADAPTER_CONFIG).write_bytes(json.dumps(config, indent=2).encode())
 
-    on_writer(write)  # under torch.distributed: rank 0 writes, every rank waits for it
+    on_writer(write, collective=collective)  # under torch.distributed: rank 0 writes
     return out
 
 
@@ -145,8 +169,192 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str], name: str = "de
         "groups": [p.to_dict() for p in adapter.plans],
     }
     return write_adapter_directory(
-        path, _adapter_tensors(model, name), meta, metadata={"format": FORMAT}
+        path,
+        _adapter_tensors(model, name),
+        meta,
+        metadata={"format": FORMAT},
+        collective=sharded_model(model),
     )
+
+
+def save_pretrained(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    merged: bool = False,
+    **kwargs: Any,
+) -> Path:
+    """Save an adapted ``transformers`` model so that ``from_pretrained`` reloads the base
+    model intact, with the adapters beside it; or, with ``merged=True``, the merged model.
+
+    :func:`~cptensor_adapters.attach` makes this the model's own ``save_pretrained``, so
+    ``model.save_pretrained(path)`` does it (``transformers``' own method would write the
+    wrapped weights under names ``from_pretrained`` does not know, and reload them at
+    random). Written to the directory ``path``:
+
+    - ``merged=False`` (the default): ``transformers``' ``save_pretrained`` files holding
+      the base model only, every weight under its original name and bit for bit as it is
+      (``modules_to_save`` originals, not their trained copies), and every adapter as
+      :func:`save_adapter` writes it, in ``path/cp_adapters/<name>/`` (adapters of earlier
+      saves that the model no longer has are removed from there). Reload with
+      ``Model.from_pretrained(path)`` and ``load_adapter(model, path / "cp_adapters" /
+      "default")``.
+    - ``merged=True``: the model as it computes now, as one plain model: the active
+      adapters' updates added into the weights as :func:`~cptensor_adapters.merge` adds
+      them, the active ``modules_to_save`` copies in place of the originals, and no adapter
+      (the ``cp_adapters`` directory of an earlier save is removed). The model itself is
+      not changed.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        a ``transformers`` model (adapted or not; a plain one is saved as ``transformers``
+        saves it).
+    path : str or os.PathLike
+        the directory (created if needed).
+    merged : bool
+        save the merged model instead of the base model and its adapters.
+    **kwargs : Any
+        passed to ``transformers``' ``save_pretrained`` (``max_shard_size``,
+        ``is_main_process``, ...); a ``state_dict`` given here is saved in place of the
+        model's (adapter keys dropped, base keys under their original names).
+
+    Returns
+    -------
+    Path
+        The directory.
+
+    Raises
+    ------
+    TypeError
+        ``model`` has no ``save_pretrained`` (not a ``transformers`` model: use
+        :func:`save_adapter`, or ``torch.save(model.state_dict())``).
+    ValueError
+        ``merged=False`` while adapters are merged into the weights (the base model is not
+        in the model then: :func:`~cptensor_adapters.unmerge` first, or save with
+        ``merged=True``); ``merged=True`` with a ``state_dict``, or with updates to add into
+        weights sharded with FSDP2 (merge them with :func:`~cptensor_adapters.merge` first).
+
+    Examples
+    --------
+    >>> import copy, tempfile, torch
+    >>> from transformers import BertConfig, BertModel
+    >>> from cptensor_adapters import AdapterConfig, attach, load_adapter
+    >>> base = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+    ...                             intermediate_size=64), add_pooling_layer=False).eval()
+    >>> model = attach(copy.deepcopy(base), AdapterConfig(init="random", alpha=64))
+    >>> ids = torch.tensor([[3, 4, 5]])
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = model.save_pretrained(d)        # this function
+    ...     again = BertModel.from_pretrained(d, add_pooling_layer=False).eval()
+    ...     same_base = torch.equal(again(ids).last_hidden_state, base(ids).last_hidden_state)
+    ...     adapted = load_adapter(again, Path(d) / "cp_adapters" / "default")
+    ...     close = torch.allclose(adapted(ids).last_hidden_state, model(ids).last_hidden_state)
+    >>> same_base, close
+    (True, True)
+    """
+    if not isinstance(model, nn.Module):
+        raise CPTensorTypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    hf_save = getattr(type(model), "save_pretrained", None)
+    if not callable(hf_save):
+        raise CPTensorTypeError(
+            f"model: {type(model).__name__} has no save_pretrained (not a transformers model); "
+            "save its adapters with save_adapter(model, path), or torch.save(model.state_dict())"
+        )
+    if not isinstance(merged, bool):
+        raise CPTensorTypeError(f"merged: expected True or False, got {merged!r}")
+    out = Path(path)
+    if find_store(model) is None:  # a plain model: nothing of ours to separate
+        hf_save(model, str(out), **kwargs)
+        return out
+    given = kwargs.pop("state_dict", None)
+    if merged:
+        if given is not None:
+            raise CPTensorError(
+                "state_dict: cannot be combined with merged=True (the merged weights are "
+                "computed from the model)"
+            )
+        state = _merged_state_dict(model)
+    else:
+        names = merged_adapters(model)
+        if names:
+            raise CPTensorError(
+                f"model: adapters {list(names)} are merged into the base weights, so the base "
+                "model is not there to save; unmerge(model) first to save the base model with "
+                "the adapters beside it, or save_pretrained(path, merged=True) to save the "
+                "merged model"
+            )
+        state = model.state_dict() if given is None else dict(given)
+    state = _base_model_keys(model, state)
+    hf_save(model, str(out), state_dict=state, **kwargs)
+    keep = () if merged else adapter_names(model)
+    writes = distributed() or bool(kwargs.get("is_main_process", True))
+    if writes:
+        on_writer(
+            lambda: _remove_stale_adapters(out / PRETRAINED_ADAPTERS, keep),
+            collective=sharded_model(model),
+        )
+        for name in keep:  # rank 0 writes (collective only on a sharded model)
+            save_adapter(model, out / PRETRAINED_ADAPTERS / name, name)
+    return out
+
+
+def _base_model_keys(model: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` as the plain model's state dict: no adapter tensors (``cp_adapters.*``,
+    ``modules_to_save`` copies), and a wrapped module's tensors under its own name (the
+    wrappers' state-dict hooks already spell them so; a state dict made otherwise may not)."""
+    drop = [STORE_ATTR + "."]
+    renames: list[tuple[str, str]] = []
+    for path, _ in iter_adapter_layers(model):
+        renames.append((f"{path}.base_layer.", f"{path}."))
+    for path, _ in iter_save_wrappers(model):
+        drop.append(f"{path}.modules_to_save.")
+        renames.append((f"{path}.original_module.", f"{path}."))
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        if key.startswith(tuple(drop)):
+            continue
+        for old, new in renames:
+            if key.startswith(old):
+                key = new + key[len(old) :]
+                break
+        out[key] = value
+    return out
+
+
+@torch.no_grad()
+def _merged_state_dict(model: nn.Module) -> dict[str, Any]:
+    """The state dict of what ``model`` computes now, as one plain model (see
+    :func:`save_pretrained`); the model is not changed."""
+    state = model.state_dict()
+    for path, layer in iter_adapter_layers(model):
+        weight = layer.merged_weight()
+        if weight is not None:
+            state[f"{path}.weight"] = weight
+    for path, wrapper in iter_save_wrappers(model):
+        active = wrapper.active_module()
+        if active is not wrapper.original_module:
+            for key, value in active.state_dict().items():
+                state[f"{path}.{key}"] = value
+    return state
+
+
+def _remove_stale_adapters(root: Path, keep: tuple[str, ...]) -> None:
+    """Remove from ``root`` the adapter directories (this library's format only) not named
+    in ``keep``, then ``root`` itself if that leaves it empty: a reload must not find the
+    adapters of an earlier save beside the new weights."""
+    if not root.is_dir():
+        return
+    for sub in root.iterdir():
+        if sub.name in keep or not sub.is_dir() or sub.is_symlink():
+            continue
+        try:
+            read_adapter_config(sub)
+        except (OSError, ValueError):
+            continue  # not ours: left alone
+        shutil.rmtree(sub)
+    if not any(root.iterdir()):
+        root.rmdir()
 
 
 def _field(meta: dict[str, Any], key: str, kind: type | tuple[type, ...], file: Path) -> Any:
@@ -433,6 +641,7 @@ def load_adapter(
     >>> torch.allclose(a(ids).last_hidden_state, b(ids).last_hidden_state)
     True
     """
+    reject_fsdp1(model)  # before the geometry check, which would blame the file
     saved = read_saved_adapter(path)
     directory, config, saved_grid = saved.directory, saved.config, saved.grid
     name = check_name(saved.meta["name"] if name is None else name)

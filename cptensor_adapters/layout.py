@@ -371,15 +371,26 @@ def plan_groups(
 
 
 def lora_equivalent_parameters(grid: WeightGrid, r: int) -> int:
-    """Parameters LoRA at rank ``r`` needs for the same targets: ``Σ r·(in + out)``.
+    """Parameters LoRA at rank ``r`` trains on the same modules: one pair per module,
+    ``Σ r·(in + out)``, as PEFT adapts a module. A fused module (GPT-2's ``c_attn``, whose
+    targets are its Q, K, V slices) is one pair ``r·(in + Σ out of its targets)``, not one
+    per slice.
 
     Examples
     --------
     >>> g = WeightGrid("custom", (Target("w", "w", 0, "w", 3, 2),))
     >>> lora_equivalent_parameters(g, 4)
     20
+    >>> fused = WeightGrid("custom", tuple(
+    ...     Target(f"c:{m}", "c", 0, m, 8, 8, out_offset=8 * i) for i, m in enumerate("qkv")))
+    >>> lora_equivalent_parameters(fused, 4)  # 4·(8 + 24), not 3·4·(8 + 8)
+    128
     """
-    return sum(r * (t.in_features + t.out_features) for t in grid.targets)
+    modules: dict[str, tuple[int, int]] = {}
+    for t in grid.targets:
+        in_f, out_f = modules.get(t.module, (t.in_features, 0))
+        modules[t.module] = (in_f, out_f + t.out_features)
+    return sum(r * (in_f + out_f) for in_f, out_f in modules.values())
 
 
 # -- a target's matrix as its block of the group's CP tensor -----------------------------------

@@ -5,17 +5,26 @@ adapters live in the model (a :class:`~cptensor_adapters.modules.FactorStore` at
 ``model.cp_adapters`` and :class:`~cptensor_adapters.modules.CPAdapterLayer` wrappers), so
 an adapted model is an ordinary ``torch.nn.Module``: it trains with any loop, the Hugging
 Face ``Trainer``, ``DistributedDataParallel`` and ``torch.compile``.
+
+Two PEFT habits work on the adapted model itself: :func:`attach` gives it a
+``print_trainable_parameters()`` method (:func:`print_trainable_parameters`) and, for a
+``transformers`` model, a ``save_pretrained`` that writes the base model under its
+original names with the adapters beside it
+(:func:`~cptensor_adapters.io.save_pretrained`); both go away when the model is plain again
+(:func:`merge_and_unload`, or :func:`remove_adapter` of the last adapter).
 """
 
 from __future__ import annotations
 
 import re
+import sys
+import types
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 from torch import nn
@@ -36,7 +45,7 @@ from .modules import (
     remove_scopes,
     scope_of,
 )
-from .sharding import gathered
+from .sharding import gathered, reject_fsdp1
 
 __all__ = [
     "ParameterReport",
@@ -52,6 +61,7 @@ __all__ = [
     "merge_and_unload",
     "merged_adapters",
     "parameter_report",
+    "print_trainable_parameters",
     "remove_adapter",
     "set_active",
     "unmerge",
@@ -175,6 +185,7 @@ def attach(
     if not isinstance(config, AdapterConfig):
         raise CPTensorTypeError(f"config: expected an AdapterConfig, got {type(config).__name__}")
     check_name(name)
+    reject_fsdp1(model)  # FSDP1 flattens the weights the adapter would wrap
     store = find_store(model)
     if store is not None and name in store.adapters:
         raise CPTensorError(
@@ -231,7 +242,46 @@ def attach(
     if not store.active:
         store.active = (name,)
     update_requires_grad(model, store)
+    _install_methods(model)
     return model
+
+
+def _save_pretrained_method(
+    self: nn.Module, save_directory: Any, *, merged: bool = False, **kwargs: Any
+) -> Any:
+    """``model.save_pretrained`` of an adapted ``transformers`` model: see
+    :func:`cptensor_adapters.io.save_pretrained`."""
+    from .io import save_pretrained
+
+    return save_pretrained(self, save_directory, merged=merged, **kwargs)
+
+
+def _methods() -> dict[str, Any]:
+    """The PEFT habits given to the adapted model object itself: instance attributes, so
+    its class and every other instance stay untouched (and ``copy.deepcopy`` rebinds them
+    to the copy); removed when the model is plain again."""
+    return {
+        "print_trainable_parameters": print_trainable_parameters,
+        "save_pretrained": _save_pretrained_method,
+    }
+
+
+def _install_methods(model: nn.Module) -> None:
+    for attr, fn in _methods().items():
+        if attr in model.__dict__:
+            continue
+        if attr == "save_pretrained":
+            if not callable(getattr(type(model), "save_pretrained", None)):
+                continue  # not a transformers model: nothing to make safe
+        elif hasattr(type(model), attr):
+            continue  # the class has its own (a PeftModel): leave it
+        model.__dict__[attr] = types.MethodType(fn, model)
+
+
+def _remove_methods(model: nn.Module) -> None:
+    for attr, fn in _methods().items():
+        if getattr(model.__dict__.get(attr), "__func__", None) is fn:
+            del model.__dict__[attr]
 
 
 def _modules_to_save_paths(model: nn.Module, keys: Sequence[str], targets: set[str]) -> list[str]:
@@ -484,6 +534,7 @@ def _restore_plain(model: nn.Module, store: FactorStore) -> None:
         _set_submodule(model, path, w.active_module())
     delattr(model, STORE_ATTR)
     remove_scopes(model)
+    _remove_methods(model)
     for n, p in model.named_parameters():
         if n in store.original_requires_grad:
             p.requires_grad_(store.original_requires_grad[n])
@@ -607,8 +658,9 @@ class ParameterReport:
     modules_to_save_parameters : int
         entries of its ``modules_to_save`` copies.
     lora_parameters : int
-        what LoRA at the same ``r`` on the same targets needs,
-        ``Σ r·(in + out)``.
+        what PEFT's LoRA at the same ``r`` on the same modules trains: one pair per
+        module, ``Σ r·(in + out)`` (a fused GPT-2 ``c_attn`` is one pair
+        ``r·(d + 3d)``, not three).
     formula : str
         the count written out, e.g. ``"8·(384 + 32 + 12 + 6 + 4) = 3504"``.
     trainable : bool
@@ -690,6 +742,43 @@ def parameter_report(model: nn.Module) -> dict[str, ParameterReport]:
             trainable=a.trainable and name in store.active,
         )
     return out
+
+
+def print_trainable_parameters(model: nn.Module, file: TextIO | None = None) -> None:
+    """Print PEFT's one-line summary of ``model``'s parameters (every parameter counted
+    once, the adapters' factors and ``modules_to_save`` copies included).
+
+    :func:`attach` also makes it a method of the adapted model, as PEFT users call it:
+    ``model.print_trainable_parameters()``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        any model (adapted or not).
+    file : text stream, optional
+        where to print (default ``sys.stdout``).
+
+    Examples
+    --------
+    >>> from transformers import BertConfig, BertModel
+    >>> from cptensor_adapters import AdapterConfig, attach
+    >>> m = attach(BertModel(BertConfig(hidden_size=32, num_hidden_layers=2,
+    ...            num_attention_heads=4, intermediate_size=64)), AdapterConfig(r=4))
+    >>> m.print_trainable_parameters()
+    trainable params: 200 || all params: 1,011,560 || trainable%: 0.0198
+    """
+    if not isinstance(model, nn.Module):
+        raise CPTensorTypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    trainable = total = 0
+    for p in model.parameters():
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+    share = 100 * trainable / total if total else 0.0
+    print(
+        f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {share:.4f}",
+        file=sys.stdout if file is None else file,
+    )
 
 
 def as_cp(model: nn.Module, name: str = "default", group: int | None = None) -> Any:

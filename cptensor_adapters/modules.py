@@ -19,6 +19,13 @@ factors, at a cost of ``O(r·d)``:
 The update is then ``y = base(x) + (x·Aᵀ)·Bᵀ``, two thin GEMMs fused into one ``addmm`` (the
 same work as LoRA at rank ``r``). A fused GPT-2 ``c_attn`` shares ``x·Aᵀ`` between Q, K, V
 when ``A`` is the same factor (as under ``"lorta"``).
+
+State dict: the wrappers are invisible in ``state_dict()`` keys. A wrapped module's own
+tensors keep their original names (``...query.weight``, not ``...query.base_layer.weight``;
+a ``modules_to_save`` original likewise), so a checkpoint of an adapted model holds the base
+model under the names ``from_pretrained`` and the plain model expect; the adapters' tensors
+sit under separate keys (``cp_adapters.*`` and ``<module>.modules_to_save.<adapter>.*``).
+``load_state_dict`` accepts both spellings of the base keys.
 """
 
 from __future__ import annotations
@@ -32,11 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cptensor.errors import CPTensorError
+
 from .config import AdapterConfig
 from .grid import Side, Target, WeightGrid, module_weight
 from .inits import draw_factor
 from .layout import GroupPlan
-from .sharding import add_into
+from .sharding import add_into, is_sharded
 
 __all__ = [
     "STORE_ATTR",
@@ -239,6 +248,7 @@ class CPAdapterLayer(nn.Module):
         self.merged: list[str] = []
         self._merged_factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._scope: SharedInputScope | None = None
+        _hide_in_state_dict(self, "base_layer")
 
     # ----------------------------------------------------------------- plumbing
     @property
@@ -464,6 +474,48 @@ class CPAdapterLayer(nn.Module):
             )
         add_into(w, delta, sign)  # each rank's own shard of a weight sharded with FSDP2
 
+    @torch.no_grad()
+    def merged_weight(self) -> torch.Tensor | None:
+        """A new tensor: the base weight plus the update of every active adapter not merged
+        yet, added as :meth:`merge_factors` adds it (so bit for bit what ``merge`` would
+        leave in the weight), or ``None`` when there is nothing to add. The layer is not
+        changed.
+
+        Raises
+        ------
+        ValueError
+            there is an update to add and the weight is sharded with FSDP2 (``merge`` adds
+            each rank's share of it instead).
+
+        Examples
+        --------
+        >>> from transformers import GPT2Config, GPT2Model
+        >>> from cptensor_adapters import AdapterConfig, attach, merge
+        >>> m = attach(GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=4)),
+        ...            AdapterConfig(r=2, init="random"))
+        >>> layer = m.h[0].attn.c_attn
+        >>> w = layer.merged_weight()
+        >>> bool(torch.equal(w, merge(m).h[0].attn.c_attn.weight)), layer.merged_weight()
+        (True, None)
+        """
+        store: FactorStore = self._store
+        if store.disabled:
+            return None
+        names = [n for n in store.active if n in self.pieces and n not in self.merged]
+        if not names:
+            return None
+        if is_sharded(self.base_layer.weight):
+            raise CPTensorError(
+                f"model: {self.module_path}'s weight is sharded with FSDP2; merge(model) first "
+                "(it adds each rank's share of the update)"
+            )
+        w = self.base_layer.weight.detach().clone()
+        for name in names:
+            A, B = self.effective_factors(name)
+            delta = B @ A
+            w.add_((delta.t() if self.storage == "conv1d" else delta).to(w.dtype))
+        return w
+
 
 def target_factors(
     factors: Mapping[str, torch.Tensor],
@@ -674,6 +726,7 @@ class ModulesToSaveWrapper(nn.Module):
         self.modules_to_save = nn.ModuleDict()
         self.module_path = module_path
         object.__setattr__(self, "_store", store)
+        _hide_in_state_dict(self, "original_module", keep=("modules_to_save",))
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -701,6 +754,55 @@ class ModulesToSaveWrapper(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.active_module()(*args, **kwargs)
+
+
+def _hide_in_state_dict(wrapper: nn.Module, child: str, keep: tuple[str, ...] = ()) -> None:
+    """Give ``wrapper``'s state dict the keys of the module it wraps: ``<prefix><child>.k``
+    is written as ``<prefix>k`` (children named in ``keep`` are left alone), and loading
+    accepts either spelling. Plain functions, not bound methods: torch marks the hooks it
+    is given with an attribute, which a bound method cannot take."""
+    wrapper._cp_state_child = (child, keep)
+    if hasattr(wrapper, "register_state_dict_post_hook"):
+        wrapper.register_state_dict_post_hook(_lift_keys)
+    else:  # pragma: no cover - torch < 2.5
+        wrapper._register_state_dict_hook(_lift_keys)
+    if hasattr(wrapper, "register_load_state_dict_pre_hook"):
+        wrapper.register_load_state_dict_pre_hook(_lower_keys)
+    else:  # pragma: no cover - torch < 2.5
+        wrapper._register_load_state_dict_pre_hook(_lower_keys, with_module=True)
+
+
+def _lift_keys(module: nn.Module, state_dict: Any, prefix: str, local_metadata: Any) -> None:
+    """State-dict post-hook of a wrapper: ``<prefix><child>.k`` becomes ``<prefix>k``, in
+    place and in the same order (the wrapper's keys are re-inserted together)."""
+    child, _ = module._cp_state_child
+    inner = prefix + child + "."
+    mine = [k for k in state_dict if k.startswith(prefix)]
+    if not any(k.startswith(inner) for k in mine):
+        return
+    items = [(k, state_dict.pop(k)) for k in mine]
+    for k, v in items:
+        state_dict[prefix + k[len(inner) :] if k.startswith(inner) else k] = v
+
+
+def _lower_keys(
+    module: nn.Module,
+    state_dict: Any,
+    prefix: str,
+    local_metadata: Any,
+    strict: bool,
+    missing_keys: list[str],
+    unexpected_keys: list[str],
+    error_msgs: list[str],
+) -> None:
+    """Load-state-dict pre-hook of a wrapper: ``<prefix>k`` goes back to
+    ``<prefix><child>.k`` (keys already spelt that way, and those of ``keep``, stay)."""
+    child, keep = module._cp_state_child
+    own = tuple(prefix + c + "." for c in (child, *keep))
+    for k in [k for k in state_dict if k.startswith(prefix) and not k.startswith(own)]:
+        new = prefix + child + "." + k[len(prefix) :]
+        if new not in state_dict:
+            state_dict[new] = state_dict.pop(k)
 
 
 def scope_of(parent: nn.Module, create: bool = True) -> SharedInputScope | None:

@@ -22,7 +22,7 @@ from torch import nn
 from .io import write_adapter_directory
 from .model import require_adapter
 from .modules import iter_adapter_layers, iter_save_wrappers
-from .sharding import gathered
+from .sharding import gathered, sharded_model
 
 __all__ = ["save_as_peft_lora"]
 
@@ -98,7 +98,9 @@ def save_as_peft_lora(
         "init_lora_weights": True,
     }
     config = _peft_config_dict(fields)
-    return write_adapter_directory(path, tensors, config, metadata={"format": "pt"})
+    return write_adapter_directory(
+        path, tensors, config, metadata={"format": "pt"}, collective=sharded_model(model)
+    )
 
 
 def _peft_config_dict(fields: dict[str, Any]) -> dict[str, Any]:

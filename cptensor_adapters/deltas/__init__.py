@@ -29,7 +29,9 @@ The package:
 * :mod:`~cptensor_adapters.deltas.report` — :func:`analyze_delta`: rank sweep, per-matrix
   rank profile, "parameters needed to capture X % of the delta's energy" for LoRA and for
   the CP layout, core consistency; :meth:`DeltaReport.save` writes ``report.md``,
-  ``report.json`` and PNG figures.
+  ``report.json`` and PNG figures;
+* :mod:`~cptensor_adapters.deltas.verdict` — the report's bottom line, :class:`Verdict`
+  (is the delta low tensor rank, what to train), and the definitions of its columns.
 
 Examples
 --------
@@ -52,7 +54,7 @@ Examples
 from .adapters import extract_adapter_delta, extract_lora_delta
 from .extract import extract_delta, lora_delta_from_model, lowrank_delta_from_weights
 from .report import (
-    DEFAULT_ENERGIES,
+    DEFAULT_ENERGIES_PCT,
     CPRow,
     DeltaReport,
     EnergyRow,
@@ -62,9 +64,12 @@ from .report import (
 )
 from .sources import MAX_LAYERS
 from .tensors import Delta, DeltaTensor, LowRankDelta
+from .verdict import LOW_RANK_ENERGY_PCT, LOW_RANK_PARAMETER_RATIO, Verdict
 
 __all__ = [
-    "DEFAULT_ENERGIES",
+    "DEFAULT_ENERGIES_PCT",
+    "LOW_RANK_ENERGY_PCT",
+    "LOW_RANK_PARAMETER_RATIO",
     "MAX_LAYERS",
     "CPRow",
     "Delta",
@@ -74,6 +79,7 @@ __all__ = [
     "LoraRow",
     "LowRankDelta",
     "MatrixRow",
+    "Verdict",
     "analyze_delta",
     "extract_adapter_delta",
     "extract_delta",

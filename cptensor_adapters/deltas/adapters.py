@@ -39,6 +39,20 @@ __all__ = ["extract_adapter_delta", "extract_lora_delta"]
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<name>[^.]+))?\.weight$")
 
 
+def _refuse_checkpoint(d: Path, arg: str) -> None:
+    """A model checkpoint given where an adapter directory is expected: say which call
+    reads it (a checkpoint has config.json or weights and no adapter_config.json)."""
+    if (d / ADAPTER_CONFIG).is_file():
+        return
+    if (d / "config.json").is_file() or any(d.glob("*.safetensors")):
+        raise CPTensorError(
+            f"{arg} {str(d)!r} is a model checkpoint (config.json or *.safetensors, no "
+            f"{ADAPTER_CONFIG}), not an adapter directory: to analyse a fine-tuned checkpoint, "
+            f"compare it with its base: `cptensor analyze BASE {d}` (in Python: "
+            "extract_delta(base, tuned))"
+        )
+
+
 def _is_own_format(acfg: Mapping[str, Any]) -> bool:
     """Whether an ``adapter_config.json`` was written by :func:`cptensor_adapters.save_adapter`."""
     from ..io import FORMAT
@@ -107,6 +121,7 @@ def extract_lora_delta(
     ((16, 4, 4, 2, 2), ['Q', 'V'])
     """
     d = checked_dir(peft_adapter_dir, "peft_adapter_dir")
+    _refuse_checkpoint(d, "peft_adapter_dir")
     expected = "a PEFT LoRA adapter saved with save_pretrained"
     cfg_path = checked_file(d, ADAPTER_CONFIG, "peft_adapter_dir", expected)
     w_path = checked_file(d, ADAPTER_WEIGHTS, "peft_adapter_dir", expected)
@@ -248,7 +263,8 @@ def extract_adapter_delta(
         Missing directory or files.
     CPTensorError
         An unknown format, a file that cannot be read, files that disagree with each
-        other, or a ``base_config`` that contradicts the adapter's geometry.
+        other, a ``base_config`` that contradicts the adapter's geometry, or a model
+        checkpoint instead of an adapter (the message names :func:`extract_delta`).
 
     Examples
     --------
@@ -273,6 +289,7 @@ def extract_adapter_delta(
     from ..io import FORMAT
 
     d = checked_dir(adapter_dir, "adapter_dir")
+    _refuse_checkpoint(d, "adapter_dir")
     cfg_path = checked_file(
         d,
         ADAPTER_CONFIG,

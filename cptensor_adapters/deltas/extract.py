@@ -154,8 +154,9 @@ def extract_delta(
     FileNotFoundError
         A path that does not exist or holds no safetensors file.
     CPTensorError
-        An unknown layout, no weights found, or models of different architectures (the
-        message says how they differ).
+        An unknown layout, no weights found, models of different architectures (the
+        message says how they differ), or an adapter directory instead of a checkpoint
+        (the message names :func:`extract_adapter_delta`).
 
     Examples
     --------

@@ -77,6 +77,13 @@ class WeightSource:
         if not p.exists():
             raise FileNotFoundError(f"{self.what}: {str(p)!r} does not exist")
         files = [p] if p.is_file() else sorted(p.glob("*.safetensors"))
+        if p.is_dir() and (p / "adapter_config.json").is_file():
+            if all(f.name.startswith("adapter_model") for f in files):  # no model weights
+                raise CPTensorError(
+                    f"{self.what}: {str(p)!r} is an adapter directory (adapter_config.json, "
+                    "no model weights), not a model checkpoint: analyse it with "
+                    f"`cptensor analyze-adapter {p}` (in Python: extract_adapter_delta)"
+                )
         odd = [f for f in files if not f.is_file()]
         if odd:
             raise CPTensorError(f"{self.what}: {odd[0]} is not a regular file")

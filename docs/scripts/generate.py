@@ -463,18 +463,24 @@ def lora_delta(out: Path) -> None:
     save_figure(figures["rank_profile.png"], out, "delta_rank_profile")
     save_figure(figures["rank_sweep.png"], out, "delta_rank_sweep")
 
+    from cptensor_adapters.deltas.verdict import fmt_core_consistency, fmt_pct
+
     cp_rows = [
         {
             "CP rank": r.rank,
-            "parameters": r.parameters,
-            "energy captured": float(r.energy),
-            "core consistency (%)": _fmt_cc(float(r.core_consistency)),
+            "parameters": f"{r.parameters:,}",
+            "energy captured (%)": fmt_pct(r.energy_captured_pct),
+            "per-matrix SVD, same parameters (%)": fmt_pct(r.svd_energy_captured_pct),
+            "core consistency (%)": fmt_core_consistency(float(r.core_consistency)),
+            "converged (ALS sweeps)": ", ".join(
+                f"{'yes' if c else 'no'} ({n})" for c, n in zip(r.converged, r.n_iter)
+            ),
         }
         for r in report.cp_rows
     ]
     energy_rows = [
         {
-            "energy": f"{100 * float(r.energy):g} %",
+            "energy (%)": f"{float(r.energy_pct):g}",
             "LoRA, one rank for all": (
                 f"{r.lora_uniform_parameters:,} (r = {r.lora_uniform_rank})"
             ),
@@ -493,17 +499,22 @@ def lora_delta(out: Path) -> None:
         "at most 30 ALS sweeps."
     )
     top = report.cp_rows[-1]
-    half = next((r for r in report.energy_table if abs(float(r.energy) - 0.5) < 1e-9), None)
+    half = next((r for r in report.energy_table if abs(float(r.energy_pct) - 50) < 1e-9), None)
     reading = (
         f"In this run, the CP model of rank {top.rank} ({top.parameters:,} parameters) "
-        f"captures {100 * float(top.energy):.1f} % of ‖ΔW‖²"
+        f"captures {fmt_pct(top.energy_captured_pct)} % of ‖ΔW‖²"
     )
     if half is not None:
         reading += (
             f", while per-matrix truncated SVD at the best rank per matrix captures 50 % with "
             f"{half.lora_svd_parameters:,} parameters"
         )
-    write_snippet(out, "delta-reading", reading + ".")
+    write_snippet(out, "delta-reading", reading + ". " + report.reading)
+    write_snippet(
+        out,
+        "delta-verdict",
+        f"**Verdict.** {report.verdict.text}\n\n**Next step.** {report.verdict.next_step}",
+    )
     write_snippet(out, "delta-setup", setup)
     write_snippet(out, "delta-cp-table", markdown_table(cp_rows))
     write_snippet(out, "delta-energy-table", markdown_table(energy_rows))

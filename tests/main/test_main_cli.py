@@ -227,7 +227,7 @@ def test_analyze_own_adapter(saved_lorta, tmp_path, capsys):
     assert main([*argv, "--starts", "1", "--max-iter", "200", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["shape"] == [16, 4, 4, 2, 4] and doc["title"] == "LoRTA adapter's delta"
-    assert doc["cp"][1]["energy"] > 0.999  # a rank-2 LoRTA adapter: CP rank <= 2
+    assert doc["cp"][1]["energy_captured_pct"] > 99.9  # a rank-2 LoRTA adapter: CP rank <= 2
     assert len(doc["per_matrix"]) == 8 and all(p["numerical"] <= 2 for p in doc["per_matrix"])
     # the analysed norm is the dense truth's
     import cptensor_adapters as cpa
@@ -403,4 +403,4 @@ def test_analyze_gqa_adapter(tmp_path, capsys):
     assert main([*argv, "--starts", "2", "--max-iter", "300", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert [g["shape"] for g in doc["groups"]] == [[32, 8, 4, 2, 2], [32, 8, 2, 2, 2]]
-    assert doc["cp"][1]["energy"] > 0.999  # rank 2 in each tensor: the adapter itself
+    assert doc["cp"][1]["energy_captured_pct"] > 99.9  # rank 2 in each tensor: the adapter itself

@@ -174,7 +174,7 @@ def test_llama_mha_and_gqa():
     for row in rep.cp_rows:
         n = [np.linalg.norm(x.to_dense()) for x in d.groups]
         res = sum(((1 - f) * v) ** 2 for f, v in zip(row.group_fits, n))
-        assert row.energy == pytest.approx(1 - res / sum(v * v for v in n))
+        assert row.energy_captured_pct == pytest.approx(100 * (1 - res / sum(v * v for v in n)))
 
 
 def test_real_minilm_lora_delta_matches_merged_checkpoint(minilm_lora):
@@ -230,7 +230,7 @@ def test_analyze_delta_report(tmp_path, tiny_bert_pair):
     assert [r.parameters for r in rep.cp_rows] == [30, 60, 90]  # r·(16+4+4+2+4)
     assert len(rep.profile_rows) == 8
     # uniform LoRA reaches 100% at full rank 16 of these random 16×16 deltas
-    assert rep.lora_rows[-1].energy == pytest.approx(1.0)
+    assert rep.lora_rows[-1].energy_captured_pct == pytest.approx(100.0)
     e = rep.energy_table[-1]
     assert e.lora_svd_parameters <= e.lora_uniform_parameters
     rep.save(tmp_path)
@@ -249,8 +249,10 @@ def test_analyze_delta_bad_input():
         analyze_delta(np.ones((3, 3)), [1])
     with pytest.raises(ValueError, match="out of range"):
         analyze_delta(x, [1000])
-    with pytest.raises(ValueError, match="energies"):
-        analyze_delta(x, [1], energies=[1.5])
+    with pytest.raises(ValueError, match=r"energies_pct must lie in \(0, 100\]"):
+        analyze_delta(x, [1], energies_pct=[150])
+    with pytest.raises(TypeError, match="energies_pct"):
+        analyze_delta(x, [1], energies_pct=["most"])
 
 
 def test_lora_delta_from_peft_model_matches_merge():
