@@ -103,7 +103,7 @@ METHODS: dict[str, Method] = {
     "PEFT LoRA r=8 (Q,V)": Method("peft", LORA_LRS, (16.0,), SEEDS_MANY, 4e-3, 16.0),
     "LoRTA r=8": Method("cptensor", DEFAULT_LRS, (8.0, 32.0), SEEDS_MANY, 2e-2, 32.0),
     "LoRTA r=8, paper's code": Method(
-        "cptensor", PAPER_LRS, (8.0, 32.0), (0,), 1e-2, 8.0, init="reference", head_split="in"
+        "cptensor", PAPER_LRS, (8.0, 32.0), (0,), 4e-2, 8.0, init="reference", head_split="in"
     ),
     "LoRTA r=8 scaled": Method(
         "cptensor", SCALED_LRS, (16.0,), SEEDS_MANY, 4e-3, 16.0, init="scaled"
@@ -122,13 +122,13 @@ METHODS: dict[str, Method] = {
         lr_ratios=COEFFICIENTS_X4,
     ),
     "LoRTA r=8 scaled, clipped": Method(
-        "cptensor", SCALED_LRS, (16.0,), SEEDS_MANY, 4e-3, 16.0, init="scaled", max_grad_norm=1.0
+        "cptensor", SCALED_LRS, (16.0,), SEEDS_MANY, 8e-3, 16.0, init="scaled", max_grad_norm=1.0
     ),
     "LoRTA r=8 scaled + preconditioned": Method(
         "cptensor", SCALED_LRS, (16.0,), (0,), 4e-3, 16.0, init="scaled", precondition=True
     ),
     "LoRTA r=8 scaled + gradient start": Method(
-        "cptensor", SCALED_LRS_UP, (16.0,), (0,), 4e-3, 16.0, init="scaled", gradient_init=True
+        "cptensor", SCALED_LRS_UP, (16.0,), (0,), 8e-3, 16.0, init="scaled", gradient_init=True
     ),
     "LoRTA r=8 tuned": Method(
         "cptensor",
@@ -136,17 +136,29 @@ METHODS: dict[str, Method] = {
         (8.0, 16.0),
         SEEDS_MANY,
         8e-3,
-        8.0,
+        16.0,
         init="scaled",
         head_split="in",
         lr_ratios=COEFFICIENTS_X4,
+    ),
+    "LoRTA r=8 tuned + gradient start": Method(
+        "cptensor",
+        SCALED_LRS,
+        (16.0,),
+        SEEDS_MANY,
+        4e-3,
+        16.0,
+        init="scaled",
+        head_split="in",
+        lr_ratios=COEFFICIENTS_X4,
+        gradient_init=True,
     ),
     "LoRTA r=8 tuned (Q,V)": Method(
         "cptensor",
         SCALED_LRS_UP,
         (8.0,),
         (0,),
-        8e-3,
+        1.6e-2,
         8.0,
         init="scaled",
         head_split="in",
@@ -159,13 +171,13 @@ METHODS: dict[str, Method] = {
         (16.0, 32.0),
         SEEDS_MANY,
         8e-3,
-        16.0,
+        32.0,
         r=16,
         init="scaled",
         head_split="in",
         lr_ratios=COEFFICIENTS_X4,
     ),
-    "head only": Method("head", HEAD_LRS, (None,), (0,), 3e-1, None),
+    "head only": Method("head", HEAD_LRS, (None,), (0,), 1.0, None),
 }
 BASELINE = "PEFT LoRA r=8 (Q,V)"
 
@@ -638,8 +650,12 @@ def run(
         save(False)
     # A kept run counts only if it used the settings chosen now (a resumed sweep may
     # have changed them); the others are dropped and run again.
+    # Only the methods of this call: the others' lr/alpha here are METHODS' records, not a
+    # sweep's choice, and their runs are kept as they are.
     stale = [
-        r for r in runs if r.method in lrs and (r.lr, r.alpha) != (lrs[r.method], alphas[r.method])
+        r
+        for r in runs
+        if r.method in methods and (r.lr, r.alpha) != (lrs[r.method], alphas[r.method])
     ]
     for r in stale:
         runs.remove(r)
@@ -837,7 +853,9 @@ def main(argv: list[str] | None = None) -> int:
         "--steps",
         type=int,
         default=None,
-        help=f"training steps of each run (default {STEPS}; sweeps run {SWEEP_FRACTION:.0%} of it)",
+        # argparse %-formats help strings: the percent sign is doubled
+        help=f"training steps of each run (default {STEPS}; sweeps run "
+        f"{round(100 * SWEEP_FRACTION)}%% of it)",
     )
     p.add_argument(
         "--one-seed", action="store_true", help="run only the first seed of every method"

@@ -151,3 +151,25 @@ def test_markdown_report_states_protocol_and_completeness(complete):
     assert "the full dev set (872 sentences)" in md and "500 steps of batch 32" in md
     assert "| LoRTA r=8" in md and "(21.0x fewer)" in md
     assert "### The sweep (200 steps)" in md
+
+
+def test_help_prints(capsys) -> None:
+    """argparse %-formats every help string: a bare percent sign breaks ``--help``."""
+    from benchmarks.bench_sst2 import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    assert "sweeps run 40% of it" in " ".join(capsys.readouterr().out.split())
+
+
+def test_records_are_the_recorded_sweeps_choices() -> None:
+    """METHODS' lr and alpha (used with --no-sweep, and by --resume for methods it does not
+    run) are what the committed 500-step sweep chose for each method."""
+    doc = json.loads(
+        (Path(__file__).resolve().parents[2] / "docs/bench-results/sst2.json").read_text()
+    )
+    rows = {r["method"]: r for r in doc["rows"] if r["steps"] == 500}
+    for method, spec in METHODS.items():
+        if method in rows:
+            assert (spec.lr, spec.alpha) == (rows[method]["lr"], rows[method]["alpha"]), method
