@@ -153,6 +153,17 @@ METHODS: dict[str, Method] = {
         lr_ratios=COEFFICIENTS_X4,
         gradient_init=True,
     ),
+    "LoRTA r=8 tuned, larger alpha": Method(
+        "cptensor",
+        SCALED_LRS,
+        (32.0, 64.0),
+        SEEDS_MANY,
+        8e-3,
+        64.0,
+        init="scaled",
+        head_split="in",
+        lr_ratios=COEFFICIENTS_X4,
+    ),
     "LoRTA r=8 tuned (Q,V)": Method(
         "cptensor",
         SCALED_LRS_UP,
