@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from cptensor import CPTensor, reconstruct
+from cptensor.structured import LowRankBlockTensor
 
 
 def collinear_factor(rng: np.random.Generator, size: int, rank: int, rho: float) -> np.ndarray:
@@ -37,3 +38,16 @@ def planted(
     e = rng.standard_normal(shape)
     x = x + noise * np.linalg.norm(x) / np.linalg.norm(e) * e
     return x, cp
+
+
+def small_lowrank_delta(seed: int = 0) -> tuple[LowRankBlockTensor, np.ndarray]:
+    """A 6 × 3 × 2 × 3 × 2 LoRTA-shaped tensor of rank-2 blocks (one per layer and matrix)
+    as a :class:`LowRankBlockTensor`, and the same tensor dense."""
+    rng = np.random.default_rng(seed)
+    pairs = {
+        (l, m): (rng.standard_normal((6, 2)), rng.standard_normal((6, 2)))
+        for l in range(3)
+        for m in range(2)
+    }
+    lr = LowRankBlockTensor((6, 3, 2, 3, 2), (0,), (1, 2), pairs)
+    return lr, lr.to_dense()

@@ -17,9 +17,9 @@ from cptensor import CPTensor, reconstruct
 from cptensor.analysis import core_consistency, rank_sweep
 from cptensor.analysis.diagnostics import _merged_groups
 from cptensor.analysis.sweep import RULE
-from cptensor.structured import BlockTensor, LowRankBlockTensor
+from cptensor.structured import BlockTensor
 
-from ._planted import planted
+from ._planted import planted, small_lowrank_delta
 
 pytest.importorskip("cptensor.fit")
 
@@ -95,14 +95,8 @@ def test_exact_cp_above_a_mode_size_measures_100(shape, rank) -> None:
 
 
 def test_merged_on_operators_and_torch_equals_dense() -> None:
-    rng = np.random.default_rng(0)
-    pairs = {
-        (l, m): (rng.standard_normal((6, 2)), rng.standard_normal((6, 2)))
-        for l in range(3)
-        for m in range(2)
-    }
-    lr = LowRankBlockTensor((6, 3, 2, 3, 2), (0,), (1, 2), pairs)
-    x = lr.to_dense()
+    lr, x = small_lowrank_delta()
+    rng = np.random.default_rng(1)
     bt = BlockTensor(
         x.shape, (0, 1, 2), lambda k: x[:, :, :, k[0], k[1]].reshape(6, 6), block_shape=(6, 6)
     )

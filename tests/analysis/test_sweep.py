@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from cptensor import CPTensor, reconstruct
 from cptensor.analysis import RankSweep, rank_sweep
 from cptensor.analysis.sweep import _warm_start
-from cptensor.structured import BlockTensor, LowRankBlockTensor
+from cptensor.structured import BlockTensor
 
-from ._planted import planted
+from ._planted import planted, small_lowrank_delta
 
 pytest.importorskip("cptensor.fit")
 
@@ -113,14 +113,7 @@ class _GramBlockTensor(BlockTensor):
 
 
 def test_dense_block_and_lowrank_give_same_sweep() -> None:
-    rng = np.random.default_rng(0)
-    pairs = {
-        (l, m): (rng.standard_normal((6, 2)), rng.standard_normal((6, 2)))
-        for l in range(3)
-        for m in range(2)
-    }
-    lr = LowRankBlockTensor((6, 3, 2, 3, 2), (0,), (1, 2), pairs)
-    x = lr.to_dense()
+    lr, x = small_lowrank_delta()
     # A BlockTensor offers no cheap gram(), so fit_als would start it from random factors
     # where the others start from the SVD; give it one here so that all three start alike.
     bt = _GramBlockTensor(
