@@ -74,6 +74,13 @@ def is_complex(x: Array) -> bool:
     return np.dtype(x.dtype).kind == "c"
 
 
+def is_complex_dtype(dtype: Any) -> bool:
+    """True for a complex NumPy or torch dtype (:func:`is_complex` for a dtype alone)."""
+    if type(dtype).__module__.startswith("torch"):
+        return bool(dtype.is_complex)
+    return np.dtype(dtype).kind == "c"
+
+
 def is_inexact(x: Array) -> bool:
     """True when ``x`` has a real or complex floating dtype."""
     return is_floating(x) or is_complex(x)

@@ -23,6 +23,7 @@ from ._backend import (
     device,
     is_array,
     is_complex,
+    is_complex_dtype,
     is_inexact,
     namespace,
     shape_tuple,
@@ -94,13 +95,6 @@ def _placement(like: Any, dtype: Any, dev: Any) -> tuple[Any, Any, Any]:
     return xp, dt, device(like) if dev is None else dev
 
 
-def _dtype_is_complex(dt: Any) -> bool:
-    """True for a complex NumPy or torch dtype."""
-    if type(dt).__module__.startswith("torch"):
-        return bool(dt.is_complex)
-    return np.dtype(dt).kind == "c"
-
-
 def _seeded_factors(
     draw: Callable[[np.random.Generator, int, int, bool], np.ndarray],
     shape: Any,
@@ -116,7 +110,7 @@ def _seeded_factors(
     rank = _check_rank(rank)
     xp, dt, dev = _placement(like, dtype, dev)
     rng = _rng(seed)
-    cplx = _dtype_is_complex(dt)
+    cplx = is_complex_dtype(dt)
     factors = [xp.asarray(draw(rng, s, rank, cplx), dtype=dt, device=dev) for s in shape]
     return CPTensor(None, factors)
 

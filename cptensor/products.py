@@ -548,39 +548,6 @@ def _contract_rank_first(p: Array, mats: Sequence[Array], keep: int) -> Array:
     return xp.reshape(p, (rank, dims[0])).T
 
 
-def _contract_rank_last(p: Array, mats: Sequence[Array], keep: int) -> Array:
-    """:func:`_contract_rank_first` for a rank-last partial contraction (unvalidated).
-
-    ``p`` is ``(J_0, …, J_{k-1}, R)`` (rank axis last, as a GEMM ``X_flat @ KR`` leaves
-    it; any strides: it is only reshaped) and ``mats[j]`` is ``(J_j, R)``; returns the
-    ``(J_keep, R)`` matrix ``out[i, r] = Σ p[j_0, …, i, …, j_{k-1}, r]
-    Π_{j≠keep} mats[j][j_j, r]`` (rank last, like ``p``; ``p`` itself reshaped when
-    ``k == 1``). ``mats[keep]`` is not read. One two-operand ``einsum`` per contracted
-    mode, trailing modes first, then leading ones; no intermediate is larger than ``p``.
-    The ALS dimension tree (:mod:`cptensor.fit.als`) finishes each mode's MTTKRP with it.
-
-    >>> import numpy as np
-    >>> rng = np.random.default_rng(0)
-    >>> x = rng.standard_normal((3, 4, 5))
-    >>> fs = [rng.standard_normal((n, 2)) for n in x.shape]
-    >>> p = (x.reshape(12, 5) @ fs[2]).reshape(3, 4, 2)  # x ×_2 A_2, rank last
-    >>> np.allclose(_contract_rank_last(p, fs[:2], 1), mttkrp(x, fs, 1))
-    True
-    """
-    xp = namespace(p)
-    rank = int(p.shape[-1])
-    dims = list(shape_tuple(p)[:-1])
-    for j in range(len(dims) - 1, keep, -1):
-        rest = math.prod(dims[:j])
-        p = _einsum("ajr,jr->ar", xp.reshape(p, (rest, dims[j], rank)), mats[j])
-        dims = dims[:j]
-    for j in range(keep):
-        rest = math.prod(dims[1:])
-        p = _einsum("jar,jr->ar", xp.reshape(p, (dims[0], rest, rank)), mats[j])
-        dims = dims[1:]
-    return xp.reshape(p, (dims[0], rank))
-
-
 def mttkrp_all(x: Any, factors: Any) -> list[Array]:
     """MTTKRP of every mode, ``[mttkrp(x, factors, n) for n in range(N)]``, sharing work.
 

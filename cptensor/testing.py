@@ -407,10 +407,6 @@ def assert_allclose(
     )
 
 
-def _as_cp(x: Any, name: str) -> CPTensor:
-    return as_cp(x, name)
-
-
 def assert_cp_equivalent(
     actual: Any,
     desired: Any,
@@ -443,7 +439,7 @@ def assert_cp_equivalent(
 
     from .algebra import normalize
 
-    a, b = _as_cp(actual, "actual"), _as_cp(desired, "desired")
+    a, b = as_cp(actual, "actual"), as_cp(desired, "desired")
     if a.shape != b.shape:
         raise AssertionError(f"shapes differ: actual {a.shape} vs desired {b.shape}")
     if a.rank != b.rank:

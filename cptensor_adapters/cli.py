@@ -53,7 +53,7 @@ __all__ = ["main", "parse_ranks"]
 def _report_summary(rep: Any, out: Path) -> str:
     """The printed report: verdict and next step first, then the CP table (energy in
     percent; the columns are defined in report.md)."""
-    from .deltas.verdict import fmt_core_consistency, fmt_pct, fmt_stability
+    from .deltas.verdict import fmt_converged, fmt_core_consistency, fmt_pct, fmt_stability
 
     v = rep.verdict
     tensors = "; ".join(f"{g} {s}" for g, s in zip(rep.groups, rep.shapes))
@@ -66,12 +66,11 @@ def _report_summary(rep: Any, out: Path) -> str:
     )
     for i, r in enumerate(rep.cp_rows):
         note = " ".join(str(s.rows[i].get("note", "")) for s in rep.sweeps)
-        conv = ", ".join(f"{'yes' if c else 'no'} ({n})" for c, n in zip(r.converged, r.n_iter))
         lines.append(
             f"{r.rank:>4}  {r.parameters:>10,}  {fmt_pct(r.energy_captured_pct):>19}  "
             f"{fmt_pct(r.svd_energy_captured_pct):>35}  "
             f"{fmt_core_consistency(r.core_consistency, note):>20}  "
-            f"{fmt_stability(r.stability):<15}  {conv or 'n/a'}"
+            f"{fmt_stability(r.stability):<15}  {fmt_converged(r.converged, r.n_iter)}"
         )
     rec = rep.recommended_rank
     lines += [

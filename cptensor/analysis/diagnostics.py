@@ -29,7 +29,7 @@ from .._backend import (
 from ..cp import CPTensor, as_cp
 from ..errors import CPTensorError, CPTensorTypeError
 from ..operator import is_operator
-from ..products import _mttkrp_one, multi_mode_product
+from ..products import _khatri_rao, _mttkrp_one, multi_mode_product
 from ..reconstruct import reconstruct
 
 __all__ = [
@@ -45,9 +45,8 @@ __all__ = [
 DEGENERACY_THRESHOLD: float = -0.85
 
 
-def _check_x_cp(x: Any, cp: Any) -> tuple[tuple[int, ...], bool]:
-    if not isinstance(cp, CPTensor):
-        raise CPTensorTypeError(f"cp must be a cptensor.CPTensor, got {type(cp).__name__}")
+def _check_x_cp(x: Any, cp: CPTensor) -> tuple[tuple[int, ...], bool]:
+    """``x``'s shape and whether it is an operator; ``cp`` has been through ``as_cp``."""
     if is_operator(x):
         shape = tuple(int(s) for s in x.shape)
         op = True
@@ -283,10 +282,9 @@ def core_consistency(
                 f"core_consistency needs x.multi_mode_product(matrices); {type(x).__name__} "
                 "does not provide it"
             )
-        like = mats[0]
         g = x.multi_mode_product(
             [
-                pinvs[k] if k in pinvs else xp.eye(shape[k], dtype=like.dtype, device=cp.device)
+                pinvs[k] if k in pinvs else xp.eye(shape[k], dtype=cp.dtype, device=cp.device)
                 for k in range(n)
             ]
         )
@@ -318,9 +316,8 @@ def _contract_merged(t: Array, mats: list[Array], merged: list[tuple[int, ...]])
     xp = namespace(t)
     labels: list[Any] = list(range(t.ndim))
     for gi, group in enumerate(merged):
-        kr = mats[group[0]]
-        for k in group[1:]:  # row-major: the last mode of the group varies fastest
-            kr = xp.reshape(kr[:, None, :] * mats[k][None, :, :], (-1, kr.shape[1]))
+        # row-major: the last mode of the group varies fastest
+        kr = _khatri_rao([mats[k] for k in group], None, like=mats[group[0]])
         axes = [labels.index(k) for k in group]
         others = [a for a in range(t.ndim) if a not in axes]
         t = xp.permute_dims(t, (*others, *axes))
@@ -351,8 +348,6 @@ def degeneracy(cp: CPTensor) -> float:
     -0.985
     """
     cp = as_cp(cp)
-    if not isinstance(cp, CPTensor):
-        raise CPTensorTypeError(f"cp must be a cptensor.CPTensor, got {type(cp).__name__}")
     rank = cp.rank
     if rank < 2:
         return 1.0

@@ -60,15 +60,16 @@ class Score:
 def _normalized_numpy(cp: CPTensor) -> tuple[np.ndarray, list[np.ndarray]]:
     """pyttb's ``normalize()``: unit columns, absolute weights (sign put on factor 0; for
     complex tensors the weights' phases, in complex128)."""
-    f64 = np.complex128 if np.iscomplexobj(to_numpy(cp.weights)) else np.float64
-    w = to_numpy(cp.weights).astype(f64).copy()
-    fs = [to_numpy(f).astype(f64).copy() for f in cp.factors]
+    w = to_numpy(cp.weights)
+    dt = np.complex128 if np.iscomplexobj(w) else np.float64
+    w = w.astype(dt)  # astype copies: the caller's arrays are never written
+    fs = [to_numpy(f).astype(dt) for f in cp.factors]
     for f in fs:
         n = np.linalg.norm(f, axis=0)
         safe = np.where(n > 0, n, 1.0)
         f /= safe
         w = w * n
-    if f64 is np.complex128:
+    if dt is np.complex128:
         mag = np.abs(w)
         fs[0] = fs[0] * np.where(mag > 0, w / np.where(mag > 0, mag, 1.0), 1.0)
         return mag, fs

@@ -91,13 +91,6 @@ def check_fixed_modes(fixed_modes: Any, ndim: int) -> tuple[int, ...]:
     return tuple(out)
 
 
-def is_complex_dtype(dtype: Any) -> bool:
-    """True for a complex NumPy or torch dtype."""
-    if type(dtype).__module__.startswith("torch"):
-        return bool(dtype.is_complex)
-    return np.dtype(dtype).kind == "c"
-
-
 def check_nonnegative(nonnegative: Any, ndim: int) -> tuple[int, ...]:
     """The modes to keep non-negative: all for ``True``, none for ``False``, or the
     collection of mode indices given (TensorLy's ``nn_modes``), validated and sorted."""

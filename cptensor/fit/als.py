@@ -39,6 +39,7 @@ from .._backend import (
     contiguous,
     float64_of,
     is_complex,
+    is_complex_dtype,
     is_numpy,
     is_torch,
     namespace,
@@ -60,7 +61,6 @@ from ._common import (
     check_tensor,
     coerce_start,
     eps_of,
-    is_complex_dtype,
     magnitude_scale,
     prepare_mask,
     progress_bar,
@@ -585,20 +585,24 @@ def fit_als(
     def sweep(st: _State) -> tuple[int, Array]:
         """One ALS sweep in place; returns (last updated mode, its float64 MTTKRP)."""
         last: tuple[int, Array] | None = None
-        if op:
-            for n in st.free:
-                m = x.mttkrp(st.factors, n)
-                _update(st, n, m)
-                last = (n, _f64(xp, m))
-            return last
-        k = dense.k
 
         def update(n: int, m: Array) -> None:
+            """Mode ``n``'s update from its MTTKRP ``m`` (converted to float64 once)."""
             nonlocal last
             m64 = _f64(xp, m)
-            _update(st, n, m64)
+            v = st.v_except(n)
+            if n in nn:
+                b64 = _hals(m64, v, _f64(xp, st.factors[n]) * st.lam64, penalty)
+            else:
+                b64 = solve_normal(m64, v, log, n, penalty)
+            st.set_factor(n, b64)
             last = (n, m64)
 
+        if op:
+            for n in st.free:
+                update(n, x.mttkrp(st.factors, n))
+            return last
+        k = dense.k
         if any(n < k for n in st.free):
             p = dense.cache if dense.cache is not None else dense.partial_left(st.mats())
             dense.tree(p, 0, st.free, st.mats, update)
@@ -606,16 +610,6 @@ def fit_als(
         if any(n >= k for n in st.free):
             dense.tree(dense.partial_right(st.mats()), k, st.free, st.mats, update)
         return last
-
-    def _update(st: _State, n: int, m: Array) -> None:
-        m64 = _f64(xp, m)
-        v = st.v_except(n)
-        if n in nn:
-            b0 = _f64(xp, st.factors[n]) * st.lam64
-            b64 = _hals(m64, v, b0, penalty)
-        else:
-            b64 = solve_normal(m64, v, log, n, penalty)
-        st.set_factor(n, b64)
 
     def cheap_err2(st: _State, inner: float) -> float:
         return max(norm_x2 + st.model_norm_sq() - 2.0 * inner, 0.0)
@@ -639,11 +633,12 @@ def fit_als(
         # A start far from the data's scale makes the first HALS pass zero whole columns
         # (the other columns' overshoot dominates), and a zero column never comes back:
         # start HALS from the least-squares scale of the start, λ·⟨X, M⟩/‖M‖².
+        mats0 = state.mats()
         if op:
-            m0 = x.mttkrp(state.mats(), 0)
+            m0 = x.mttkrp(mats0, 0)
         else:
-            dense.cache = dense.partial_left(state.mats())  # reused by the first sweep
-            m0 = dense.finish_left(dense.cache, state.mats(), 0)
+            dense.cache = dense.partial_left(mats0)  # reused by the first sweep
+            m0 = dense.finish_left(dense.cache, mats0, 0)
         ip, mn = inner_from_mttkrp(state, 0, _f64(xp, m0)), state.model_norm_sq()
         if ip > 0 and mn > 0:
             state.lam64 = state.lam64 * (ip / mn)
@@ -682,8 +677,9 @@ def fit_als(
                     e2c = cheap_err2(cand, inner_from_mttkrp(cand, 0, _f64(xp, m0)))
                     margin = 10 * eps * norm_x2
                 else:
-                    p_c = dense.partial_left(cand.mats())
-                    m0 = dense.finish_left(p_c, cand.mats(), 0)
+                    mats_c = cand.mats()
+                    p_c = dense.partial_left(mats_c)
+                    m0 = dense.finish_left(p_c, mats_c, 0)
                     e2c = cheap_err2(cand, inner_from_mttkrp(cand, 0, _f64(xp, m0)))
                     margin = 10 * eps * norm_x2
                 if e2c < err2 - margin:

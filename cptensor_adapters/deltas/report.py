@@ -27,9 +27,11 @@ from .tensors import Delta, tensor_norm
 from .verdict import (
     COLUMNS,
     ENERGY_UNIT,
+    LORTA_MATRICES,
     LOW_RANK_ENERGY_PCT,
     Verdict,
     decide_verdict,
+    fmt_converged,
     fmt_core_consistency,
     fmt_pct,
     fmt_stability,
@@ -48,7 +50,6 @@ __all__ = [
 
 #: Shares of ``‖ΔW‖²`` (percent) in the "parameters needed" table.
 DEFAULT_ENERGIES_PCT = (50.0, 80.0, 90.0, 95.0, 99.0)
-_LORTA_MATRICES = ("Q", "K", "V", "O")
 
 
 @dataclass(frozen=True)
@@ -315,10 +316,10 @@ class DeltaReport:
         """``(converged, rank rule)`` cells of swept rank number ``i``: per CP tensor,
         ``"yes (12)"`` / ``"no (100)"``; the rule's verdict where the sweep gives one."""
         row = self.cp_rows[i]
-        conv = ", ".join(f"{'yes' if c else 'no'} ({n})" for c, n in zip(row.converged, row.n_iter))
+        conv = fmt_converged(row.converged, row.n_iter)
         rows = [s.rows[i] for s in self.sweeps]
         if not rows or any("passes" not in r for r in rows):
-            return conv or "n/a", ""
+            return conv, ""
         whys = [str(r.get("why") or ("passes" if r["passes"] else "fails")) for r in rows]
         return conv, "; ".join(dict.fromkeys(whys))
 
@@ -667,7 +668,7 @@ def _dense_lorta_matrices(x: np.ndarray) -> Iterable[tuple[int, str, np.ndarray]
     for layer in range(L):
         for m in range(M):
             split = "in" if M == 4 and m == 3 else "out"
-            name = _LORTA_MATRICES[m] if M == 4 else str(m)
+            name = LORTA_MATRICES[m] if M == 4 else str(m)
             yield layer, name, target_matrix(x[..., layer, m], split, H, dh)
 
 
@@ -824,7 +825,7 @@ def analyze_delta(
         if x.ndim != 5:
             raise CPTensorError(f"delta must be 5-way (d, d_h, H, L, M); got shape {x.shape}")
         groups, shapes = [x], (tuple(int(s) for s in x.shape),)
-        labels = (", ".join(_LORTA_MATRICES) if x.shape[4] == 4 else "all",)
+        labels = (", ".join(LORTA_MATRICES) if x.shape[4] == 4 else "all",)
         layout, mats, notes = "lorta", _dense_lorta_matrices(x), []
     for shape in shapes:
         if ranks[-1] > 4 * max(shape):

@@ -19,10 +19,12 @@ from cptensor.errors import CPTensorError
 __all__ = [
     "COLUMNS",
     "ENERGY_UNIT",
+    "LORTA_MATRICES",
     "LOW_RANK_ENERGY_PCT",
     "LOW_RANK_PARAMETER_RATIO",
     "Verdict",
     "decide_verdict",
+    "fmt_converged",
     "fmt_core_consistency",
     "fmt_pct",
     "fmt_stability",
@@ -37,7 +39,8 @@ LOW_RANK_ENERGY_PCT = 90.0
 #: times the parameters of the CP layout for the same energy.
 LOW_RANK_PARAMETER_RATIO = 2.0
 
-_QKVO = ("Q", "K", "V", "O")
+#: The labels of the matrix mode of a delta laid out as the LoRTA tensor (M = 4).
+LORTA_MATRICES = ("Q", "K", "V", "O")
 _BUILTIN_LAYOUTS = ("lorta", "lora", "layer_shared")
 
 #: Definitions of the report's columns, by table (what ``report.md`` and ``report.json``
@@ -173,6 +176,28 @@ def fmt_stability(value: float | None) -> str:
     return f"{value:.2f}"
 
 
+def fmt_converged(converged: Sequence[bool], n_iter: Sequence[int]) -> str:
+    """Convergence for a table: per CP tensor, ``"yes (12)"`` / ``"no (100)"`` (whether the
+    best start's ALS fit converged, and its sweeps); ``"n/a"`` when there is none.
+
+    Parameters
+    ----------
+    converged : sequence of bool
+    n_iter : sequence of int
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> fmt_converged((True, False), (12, 100)), fmt_converged((), ())
+    ('yes (12), no (100)', 'n/a')
+    """
+    cells = [f"{'yes' if c else 'no'} ({n})" for c, n in zip(converged, n_iter)]
+    return ", ".join(cells) or "n/a"
+
+
 def join_words(items: Sequence[Any], last: str = "and") -> str:
     """Items as prose: ``"1"``, ``"1 and 2"``, ``"1, 2 and 4"``.
 
@@ -282,8 +307,8 @@ def _adapter_call(layout: str, rank: int, matrices: Sequence[str]) -> str:
         args.append(
             f"layout={layout!r}" if layout in _BUILTIN_LAYOUTS else "layout=<the analysed layout>"
         )
-    if names and sorted(names) != sorted(_QKVO):
-        targets = [n.lower() if n in _QKVO else n for n in names]
+    if names and sorted(names) != sorted(LORTA_MATRICES):
+        targets = [n.lower() if n in LORTA_MATRICES else n for n in names]
         args.append(f"targets={targets!r}")
     return f"cptensor_adapters.attach(model, AdapterConfig({', '.join(args)}))"
 

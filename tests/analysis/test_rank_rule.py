@@ -126,6 +126,27 @@ def test_merged_groups() -> None:
         assert all(math.prod(shape[k] for k in g) >= rank for g in groups)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.one_of(
+        st.lists(st.integers(1, 8), min_size=3, max_size=7),  # brute force
+        st.lists(st.integers(1, 8), min_size=10, max_size=12),  # greedy
+    ),
+    rank=st.integers(1, 10),
+)
+def test_merged_groups_partition_the_modes(shape: list[int], rank: int) -> None:
+    shape_t = tuple(shape)
+    groups = _merged_groups(shape_t, rank)
+    if all(s >= rank for s in shape_t):
+        assert groups == tuple((k,) for k in range(len(shape_t)))
+    if groups is None:
+        return
+    assert len(groups) >= 3
+    assert sorted(k for g in groups for k in g) == list(range(len(shape_t)))
+    assert all(math.prod(shape_t[k] for k in g) >= rank for g in groups)
+    assert list(groups) == sorted(groups) and all(list(g) == sorted(g) for g in groups)
+
+
 def test_merged_undefined_is_nan_and_bad_flag() -> None:
     rng = np.random.default_rng(0)
     cp = _random_cp(rng, (20, 20, 4), 5)

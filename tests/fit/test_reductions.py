@@ -3,14 +3,19 @@ one-read shortcuts must give exactly the answers of the plain entry-wise version
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from cptensor.errors import CPTensorError
 from cptensor.fit._common import (
     REDUCE_ELEMENTS,
+    all_finite,
     magnitude_scale,
     prepare_mask,
     sum_squares64,
@@ -60,6 +65,33 @@ def test_magnitude_scale_uses_the_largest_magnitude(values, expected):
         assert 0.5 <= np.max(np.abs(a * expected)) < 1.0 or expected == 1.0
 
 
+_ANY_FLOATS = hnp.arrays(
+    np.float64,
+    hnp.array_shapes(min_dims=1, max_dims=3, max_side=5),
+    # subnormal maxima are left out: both versions overflow in ``ldexp`` on them
+    elements=st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=False, width=64),
+)
+
+
+def _plain_magnitude_scale(a: np.ndarray) -> float:
+    """The entry-wise reference (the earlier implementation): from ``max|a|``."""
+    amax = float(np.max(np.abs(a)))
+    if amax == 0.0 or not math.isfinite(amax):
+        return 1.0
+    exp = math.frexp(amax)[1]
+    return 1.0 if -30 <= exp <= 30 else math.ldexp(1.0, -exp)
+
+
+@settings(max_examples=200, deadline=None)
+@given(a=_ANY_FLOATS)
+def test_one_read_shortcuts_match_the_entrywise_versions(a):
+    """``magnitude_scale`` (max and min, no ``|a|``) and ``all_finite`` (one sum) give the
+    answers of their plain entry-wise versions on any data, overflow, inf and NaN included."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        assert magnitude_scale(np, a) == _plain_magnitude_scale(a)
+    assert all_finite(np, a) == bool(np.all(np.isfinite(a)))
+
+
 def test_sum_squares64_over_many_chunks_matches_float64_sum():
     rng = np.random.default_rng(0)
     rows = 3 * REDUCE_ELEMENTS // 1000 + 7  # several chunks and a ragged last one
@@ -92,8 +124,6 @@ def test_all_finite_shortcut_and_overflow_fallback():
 
 
 def test_shortcuts_raise_no_overflow_warning():
-    from cptensor.fit._common import all_finite
-
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _all_finite(np, np.array([1e308, 1e308]))

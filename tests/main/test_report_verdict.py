@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cptensor.errors import CPTensorError
 from cptensor_adapters.cli import main
@@ -20,6 +22,7 @@ from cptensor_adapters.deltas import (
 )
 from cptensor_adapters.deltas.verdict import (
     COLUMNS,
+    fmt_converged,
     fmt_core_consistency,
     fmt_pct,
     fmt_stability,
@@ -134,6 +137,22 @@ def test_numbers_are_readable():
     assert fmt_pct(99.999) == "> 99.99" and fmt_pct(3.9012) == "3.90" and fmt_pct(None) == "n/a"
     assert fmt_pct(99.949) == "99.9"  # three significant digits, never rounded up to 100
     assert join_words([1]) == "1" and join_words([2, 3, 4]) == "2, 3 and 4"
+    assert fmt_converged((True, False), (12, 100)) == "yes (12), no (100)"
+    assert fmt_converged((), ()) == "n/a"
+
+
+@given(st.floats(min_value=0.0, max_value=100.0, exclude_max=True))
+def test_a_share_below_100_never_reads_100(value):
+    shown = fmt_pct(value)
+    assert shown != "100.00"
+    number = float(shown.removeprefix("> "))
+    assert number < 100 and abs(number - value) <= max(0.05, 0.06 * value)
+
+
+@given(st.lists(st.integers(0, 99), max_size=6))
+def test_join_words_names_every_item_once(items):
+    text = join_words(items)
+    assert text.replace(" and ", ", ").split(", ") == ([str(i) for i in items] or [""])
 
 
 def test_markdown_renders_huge_core_consistency_and_prose(random_report):
