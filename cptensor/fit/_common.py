@@ -339,10 +339,14 @@ def progress_bar(enabled: bool, total: int, desc: str) -> Any:
 _SCALE_EXP = 30
 
 
+#: The largest power of two :func:`magnitude_scale` returns (2^1000 < the largest double).
+_MAX_SCALE_EXP = 1000
+
+
 def magnitude_scale(xp: Any, a: Array) -> float:
     """A power of two ``s`` with ``max|s·a|`` in ``[0.5, 1)``, or ``1.0`` when ``max|a|``
     already lies in ``[2^-30, 2^30]``, is zero or is not finite (multiplying by ``s`` is
-    then exact, barring subnormals)."""
+    then exact, barring subnormals); for a subnormal maximum ``s`` stops at ``2^1000``."""
     if not math.prod(shape_tuple(a)):
         return 1.0
     if is_complex(a):
@@ -353,7 +357,11 @@ def magnitude_scale(xp: Any, a: Array) -> float:
     if amax == 0.0 or not math.isfinite(amax):
         return 1.0
     exp = math.frexp(amax)[1]  # amax = m·2^exp with m in [0.5, 1)
-    return 1.0 if -_SCALE_EXP <= exp <= _SCALE_EXP else math.ldexp(1.0, -exp)
+    if -_SCALE_EXP <= exp <= _SCALE_EXP:
+        return 1.0
+    # A subnormal maximum (exp < -1021) would need s above the largest double: stop at
+    # 2^1000, which still brings it far into the normal range.
+    return math.ldexp(1.0, min(-exp, _MAX_SCALE_EXP))
 
 
 def scale_cp(cp: CPTensor, c: float) -> CPTensor:
