@@ -94,6 +94,7 @@ class Method:
     gradient_init: bool = False
     targets: tuple[str, ...] | None = None  # None: Q, K, V, O
     max_grad_norm: float | None = None  # gradient clipping (TrainConfig.max_grad_norm)
+    weight_decay: float = 0.0  # AdamW's decoupled decay (TrainConfig.weight_decay)
 
 
 # The methods, in the order they run and are tabulated. The sweep's choices (lr, alpha) are
@@ -175,6 +176,67 @@ METHODS: dict[str, Method] = {
         head_split="in",
         lr_ratios=COEFFICIENTS_X4,
         targets=("query", "value"),
+    ),
+    # The tuned recipe with one more change each (added 2026-12-02, 17:42-18:30 UTC): the
+    # zero-started factor at 4x or 16x the rate (LoRA+ proper), the large factor slowed to
+    # 1/4, CP preconditioning, AdamW's weight decay. One seed each, then three seeds for
+    # the best three by their sweep.
+    "LoRTA r=8 tuned + LoRA+ on in x4": Method(
+        "cptensor",
+        SCALED_LRS,
+        (16.0,),
+        SEEDS_MANY,
+        8e-3,
+        16.0,
+        init="scaled",
+        head_split="in",
+        lr_ratios=(*COEFFICIENTS_X4, ("in", 4.0)),
+    ),
+    "LoRTA r=8 tuned + LoRA+ on in x16": Method(
+        "cptensor",
+        LORA_LRS,
+        (16.0,),
+        (0,),
+        5e-4,
+        16.0,
+        init="scaled",
+        head_split="in",
+        lr_ratios=(*COEFFICIENTS_X4, ("in", 16.0)),
+    ),
+    "LoRTA r=8 tuned, out x0.25": Method(
+        "cptensor",
+        SCALED_LRS_UP,
+        (16.0,),
+        SEEDS_MANY,
+        1.6e-2,
+        16.0,
+        init="scaled",
+        head_split="in",
+        lr_ratios=(*COEFFICIENTS_X4, ("out", 0.25)),
+    ),
+    "LoRTA r=8 tuned + preconditioned": Method(
+        "cptensor",
+        SCALED_LRS,
+        (16.0,),
+        SEEDS_MANY,
+        8e-3,
+        16.0,
+        init="scaled",
+        head_split="in",
+        lr_ratios=COEFFICIENTS_X4,
+        precondition=True,
+    ),
+    "LoRTA r=8 tuned, weight decay 0.1": Method(
+        "cptensor",
+        SCALED_LRS,
+        (16.0,),
+        (0,),
+        4e-3,
+        16.0,
+        init="scaled",
+        head_split="in",
+        lr_ratios=COEFFICIENTS_X4,
+        weight_decay=0.1,
     ),
     "LoRTA r=16 tuned": Method(
         "cptensor",
@@ -322,6 +384,7 @@ def _train(
         seed=seed,
         group_by_length=GROUP_BY_LENGTH,
         max_grad_norm=spec.max_grad_norm,
+        weight_decay=spec.weight_decay,
     )
     res = train_classifier(
         model,
@@ -557,9 +620,16 @@ def run(
     runs: list[Run] = []
     title = f"MiniLM-L6 on SST-2 dev ({steps} steps × batch {BATCH}, max length {MAX_LENGTH})"
 
+    command = " ".join(["python", "-m", "benchmarks.bench_sst2", *sys.argv[1:]])
+    # What a resumed file already records: its first command, the settings of the methods
+    # this call does not run, and the calls that added to it (kept, not overwritten).
+    kept: dict[str, Any] = {"command": command, "learning_rates": {}, "alphas": {}}
+    kept.update(methods={}, additions=[])
+
     def result_doc(done: bool) -> dict[str, Any]:
         return {
-            "command": " ".join(["python", "-m", "benchmarks.bench_sst2", *sys.argv[1:]]),
+            "command": kept["command"],
+            "additions": kept["additions"],
             "complete": done,
             "quick": quick,
             "steps": steps,
@@ -569,9 +639,9 @@ def run(
             "train_subset": len(train),
             "dev": len(dev),
             "sweep_steps": n_sweep if sweep else None,
-            "learning_rates": {m: lrs[m] for m in methods},
-            "alphas": {m: alphas[m] for m in methods},
-            "methods": {m: asdict(METHODS[m]) for m in methods},
+            "learning_rates": {**kept["learning_rates"], **{m: lrs[m] for m in methods}},
+            "alphas": {**kept["alphas"], **{m: alphas[m] for m in methods}},
+            "methods": {**kept["methods"], **{m: asdict(METHODS[m]) for m in methods}},
             "alphas_from": alphas_from,
             "sweep": sweep_rows,
             "runs": [asdict(r) for r in runs],
@@ -600,6 +670,12 @@ def run(
             )
         sweep_rows.extend(prev.get("sweep", []))
         runs.extend(_run_from(r) for r in prev.get("runs", []))
+        kept["command"] = prev.get("command", command)
+        for key in ("learning_rates", "alphas", "methods"):
+            kept[key] = {m: v for m, v in prev.get(key, {}).items() if m not in methods}
+        started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t_start))
+        addition = {"methods": methods, "started": started, "command": command}
+        kept["additions"] = [*prev.get("additions", []), addition]
         print(
             f"resuming from {out}: {len(sweep_rows)} sweep runs, {len(runs)} runs kept", flush=True
         )

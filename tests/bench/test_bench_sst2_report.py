@@ -173,3 +173,47 @@ def test_records_are_the_recorded_sweeps_choices() -> None:
     for method, spec in METHODS.items():
         if method in rows:
             assert (spec.lr, spec.alpha) == (rows[method]["lr"], rows[method]["alpha"]), method
+
+
+def test_resume_keeps_the_files_record(tmp_path, monkeypatch) -> None:
+    """A resumed run adds to its file: the first command, the other methods' settings and
+    earlier additions stay; this call is appended to ``additions``."""
+    import benchmarks.bench_sst2 as bench
+
+    glue = tmp_path / "glue"
+    glue.mkdir()
+    rows = "".join(f"phrase number {i}\t{i % 2}\n" for i in range(400))
+    for name in ("train.tsv", "dev.tsv"):
+        (glue / name).write_text("sentence\tlabel\n" + rows)
+
+    def fake_tasks(tasks, train, test, jobs, threads, done) -> None:
+        for m, seed, lr, alpha, steps in tasks:
+            done((m, seed, lr, alpha, steps), Run(m, seed, lr, 0.5, 0, 770, 0.1, steps))
+
+    monkeypatch.setattr(bench, "_run_tasks", fake_tasks)
+    out = tmp_path / "results.json"
+    other = "LoRTA r=8"
+    out.write_text(
+        json.dumps(
+            {
+                "command": "python -m benchmarks.bench_sst2 --quick (first)",
+                "steps": 4,
+                "quick": True,
+                "group_by_length": bench.GROUP_BY_LENGTH,
+                "learning_rates": {other: 0.02},
+                "alphas": {other: 32.0},
+                "methods": {other: {"kind": "cptensor"}},
+                "additions": [{"methods": ["x"], "started": "earlier"}],
+                "sweep": [],
+                "runs": [],
+            }
+        )
+    )
+    doc = bench.run(glue, quick=True, methods=["head only"], resume=True, out=out)
+    saved = json.loads(out.read_text())
+    assert saved["runs"] == json.loads(json.dumps(doc["runs"]))
+    assert saved["command"] == "python -m benchmarks.bench_sst2 --quick (first)"
+    assert saved["learning_rates"][other] == 0.02 and saved["alphas"][other] == 32.0
+    assert set(saved["methods"]) == {other, "head only"}
+    assert [a["methods"] for a in saved["additions"]] == [["x"], ["head only"]]
+    assert {r["method"] for r in saved["runs"]} == {"head only"}
