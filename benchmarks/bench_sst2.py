@@ -100,6 +100,18 @@ class Method:
 # The methods, in the order they run and are tabulated. The sweep's choices (lr, alpha) are
 # those recorded in docs/bench-results/sst2.md.
 COEFFICIENTS_X4 = (("head", 4.0), ("layer", 4.0), ("matrix", 4.0))  # LoRA+-style rates
+
+
+def _tuned(*protocol: Any, **changes: Any) -> Method:
+    """A variant of the tuned recipe (scaled start, heads splitting the input, the head,
+    layer and matrix factors at 4x): ``Method("cptensor", *protocol)`` with ``changes``."""
+    return Method(
+        "cptensor",
+        *protocol,
+        **{"init": "scaled", "head_split": "in", "lr_ratios": COEFFICIENTS_X4, **changes},
+    )
+
+
 METHODS: dict[str, Method] = {
     "PEFT LoRA r=8 (Q,V)": Method("peft", LORA_LRS, (16.0,), SEEDS_MANY, 4e-3, 16.0),
     "LoRTA r=8": Method("cptensor", DEFAULT_LRS, (8.0, 32.0), SEEDS_MANY, 2e-2, 32.0),
@@ -131,125 +143,39 @@ METHODS: dict[str, Method] = {
     "LoRTA r=8 scaled + gradient start": Method(
         "cptensor", SCALED_LRS_UP, (16.0,), (0,), 8e-3, 16.0, init="scaled", gradient_init=True
     ),
-    "LoRTA r=8 tuned": Method(
-        "cptensor",
-        SCALED_LRS,
-        (8.0, 16.0),
-        SEEDS_MANY,
-        8e-3,
-        16.0,
-        init="scaled",
-        head_split="in",
-        lr_ratios=COEFFICIENTS_X4,
+    "LoRTA r=8 tuned": _tuned(SCALED_LRS, (8.0, 16.0), SEEDS_MANY, 8e-3, 16.0),
+    "LoRTA r=8 tuned + gradient start": _tuned(
+        SCALED_LRS, (16.0,), SEEDS_MANY, 4e-3, 16.0, gradient_init=True
     ),
-    "LoRTA r=8 tuned + gradient start": Method(
-        "cptensor",
-        SCALED_LRS,
-        (16.0,),
-        SEEDS_MANY,
-        4e-3,
-        16.0,
-        init="scaled",
-        head_split="in",
-        lr_ratios=COEFFICIENTS_X4,
-        gradient_init=True,
-    ),
-    "LoRTA r=8 tuned, larger alpha": Method(
-        "cptensor",
-        SCALED_LRS,
-        (32.0, 64.0),
-        SEEDS_MANY,
-        8e-3,
-        64.0,
-        init="scaled",
-        head_split="in",
-        lr_ratios=COEFFICIENTS_X4,
-    ),
-    "LoRTA r=8 tuned (Q,V)": Method(
-        "cptensor",
-        SCALED_LRS_UP,
-        (8.0,),
-        (0,),
-        1.6e-2,
-        8.0,
-        init="scaled",
-        head_split="in",
-        lr_ratios=COEFFICIENTS_X4,
-        targets=("query", "value"),
+    "LoRTA r=8 tuned, larger alpha": _tuned(SCALED_LRS, (32.0, 64.0), SEEDS_MANY, 8e-3, 64.0),
+    "LoRTA r=8 tuned (Q,V)": _tuned(
+        SCALED_LRS_UP, (8.0,), (0,), 1.6e-2, 8.0, targets=("query", "value")
     ),
     # The tuned recipe with one more change each (added 2026-12-02, 17:42-18:30 UTC): the
     # zero-started factor at 4x or 16x the rate (LoRA+ proper), the large factor slowed to
     # 1/4, CP preconditioning, AdamW's weight decay. One seed each, then three seeds for
     # the best three by their sweep.
-    "LoRTA r=8 tuned + LoRA+ on in x4": Method(
-        "cptensor",
-        SCALED_LRS,
-        (16.0,),
-        SEEDS_MANY,
-        8e-3,
-        16.0,
-        init="scaled",
-        head_split="in",
-        lr_ratios=(*COEFFICIENTS_X4, ("in", 4.0)),
+    "LoRTA r=8 tuned + LoRA+ on in x4": _tuned(
+        SCALED_LRS, (16.0,), SEEDS_MANY, 8e-3, 16.0, lr_ratios=(*COEFFICIENTS_X4, ("in", 4.0))
     ),
-    "LoRTA r=8 tuned + LoRA+ on in x16": Method(
-        "cptensor",
-        LORA_LRS,
-        (16.0,),
-        (0,),
-        5e-4,
-        16.0,
-        init="scaled",
-        head_split="in",
-        lr_ratios=(*COEFFICIENTS_X4, ("in", 16.0)),
+    "LoRTA r=8 tuned + LoRA+ on in x16": _tuned(
+        LORA_LRS, (16.0,), (0,), 5e-4, 16.0, lr_ratios=(*COEFFICIENTS_X4, ("in", 16.0))
     ),
-    "LoRTA r=8 tuned, out x0.25": Method(
-        "cptensor",
+    "LoRTA r=8 tuned, out x0.25": _tuned(
         SCALED_LRS_UP,
         (16.0,),
         SEEDS_MANY,
         1.6e-2,
         16.0,
-        init="scaled",
-        head_split="in",
         lr_ratios=(*COEFFICIENTS_X4, ("out", 0.25)),
     ),
-    "LoRTA r=8 tuned + preconditioned": Method(
-        "cptensor",
-        SCALED_LRS,
-        (16.0,),
-        SEEDS_MANY,
-        8e-3,
-        16.0,
-        init="scaled",
-        head_split="in",
-        lr_ratios=COEFFICIENTS_X4,
-        precondition=True,
+    "LoRTA r=8 tuned + preconditioned": _tuned(
+        SCALED_LRS, (16.0,), SEEDS_MANY, 8e-3, 16.0, precondition=True
     ),
-    "LoRTA r=8 tuned, weight decay 0.1": Method(
-        "cptensor",
-        SCALED_LRS,
-        (16.0,),
-        (0,),
-        4e-3,
-        16.0,
-        init="scaled",
-        head_split="in",
-        lr_ratios=COEFFICIENTS_X4,
-        weight_decay=0.1,
+    "LoRTA r=8 tuned, weight decay 0.1": _tuned(
+        SCALED_LRS, (16.0,), (0,), 4e-3, 16.0, weight_decay=0.1
     ),
-    "LoRTA r=16 tuned": Method(
-        "cptensor",
-        SCALED_LRS,
-        (16.0, 32.0),
-        SEEDS_MANY,
-        8e-3,
-        32.0,
-        r=16,
-        init="scaled",
-        head_split="in",
-        lr_ratios=COEFFICIENTS_X4,
-    ),
+    "LoRTA r=16 tuned": _tuned(SCALED_LRS, (16.0, 32.0), SEEDS_MANY, 8e-3, 32.0, r=16),
     "head only": Method("head", HEAD_LRS, (None,), (0,), 1.0, None),
 }
 BASELINE = "PEFT LoRA r=8 (Q,V)"
