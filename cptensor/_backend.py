@@ -8,6 +8,7 @@ and torch is only ever touched when a torch tensor arrives.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -123,6 +124,16 @@ def check_same_device_dtype(arrays: Sequence[Array], names: Sequence[str]) -> No
                 f"{name} has dtype {a.dtype} but {names[0]} has dtype {dt0}; "
                 "cptensor never casts silently: convert them to one dtype first"
             )
+
+
+@functools.cache
+def numpy_dtype(dtype: Any) -> np.dtype:
+    """The NumPy dtype of a NumPy or torch dtype (``torch.float32`` -> ``float32``)."""
+    if type(dtype).__module__.startswith("torch"):
+        import torch
+
+        return torch.empty(0, dtype=dtype).numpy().dtype
+    return np.dtype(dtype)
 
 
 def to_numpy(x: Array) -> np.ndarray:

@@ -36,6 +36,7 @@ from ._backend import (
     is_numpy,
     is_torch,
     namespace,
+    numpy_dtype,
     shape_tuple,
     validate_mode,
 )
@@ -184,8 +185,43 @@ def _khatri_rao_t(kept: Sequence[Array], weights: Array | None, like: Array) -> 
     # to 10x faster on many short modes (LoRTA's 32×12×6×4 block).
     out = ts[-1]
     for t in ts[-2::-1]:
-        out = xp.reshape(t[:, :, None] * out[:, None, :], (rank, -1))
+        a, b = t[:, :, None], out[:, None, :]
+        buf = _host_empty((rank, int(a.shape[1]), int(b.shape[2])), like)
+        prod = a * b if buf is None else _torch_mul(a, b, buf)
+        out = xp.reshape(prod, (rank, -1))
     return out
+
+
+def _host_empty(shape: tuple[int, ...], like: Array) -> Array | None:
+    """An uninitialised torch CPU tensor of ``like``'s dtype in memory allocated by NumPy,
+    or None when ``like`` is not a torch CPU tensor.
+
+    For the large products of every ALS sweep: torch's CPU allocator maps each large block
+    afresh, so every new tensor page-faults through its first writes (about 2 µs per
+    4 KiB, as much as the product itself for a small rank), while NumPy's blocks come
+    back from the heap already mapped.
+    """
+    if not is_torch(like) or like.device.type != "cpu":
+        return None
+    import torch
+
+    return torch.from_numpy(np.empty(shape, numpy_dtype(like.dtype)))
+
+
+def _torch_mul(a: Array, b: Array, out: Array) -> Array:
+    import torch
+
+    return torch.mul(a, b, out=out)
+
+
+def _matmul(a: Array, b: Array) -> Array:
+    """``a @ b`` for 2-D ``a`` and ``b``, into :func:`_host_empty` memory for torch CPU."""
+    out = _host_empty((int(a.shape[0]), int(b.shape[1])), a)
+    if out is None:
+        return a @ b
+    import torch
+
+    return torch.matmul(a, b, out=out)
 
 
 def _khatri_rao(kept: Sequence[Array], weights: Array | None, like: Array) -> Array:

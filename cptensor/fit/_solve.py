@@ -12,11 +12,15 @@ Everything runs in float64 (complex128 for complex data; on the arrays' own devi
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from scipy.linalg import lapack
 
-from .._backend import Array, conj, device, is_complex, is_torch, namespace
+from .._backend import Array, conj, device, is_complex, is_numpy, namespace
 from ._common import all_finite as _all_finite
 
 #: Squared pivot ratio below which V counts as numerically singular.
@@ -54,35 +58,21 @@ class SolveLog:
 
 
 def _cholesky(v: Array) -> Array | None:
-    """Lower Cholesky factor, or None when V is not (numerically) positive definite."""
-    if is_torch(v):
-        import torch
+    """Lower Cholesky factor of a torch V, or None when V is not (numerically) positive
+    definite (NumPy arrays take :func:`_solve_numpy`)."""
+    import torch
 
-        low, info = torch.linalg.cholesky_ex(v)
-        return low if int(info.item()) == 0 else None
-    try:
-        return np.linalg.cholesky(v)
-    except np.linalg.LinAlgError:
-        return None
+    low, info = torch.linalg.cholesky_ex(v)
+    return low if int(info.item()) == 0 else None
 
 
 def _cho_solve(low: Array, m: Array) -> Array:
-    """``M V⁻¹ = (M L⁻ᴴ) L⁻¹`` given the lower Cholesky factor L of V = L Lᴴ.
+    """``M V⁻¹`` for torch arrays given the lower Cholesky factor L of V = L Lᴴ."""
+    import torch
 
-    For NumPy the small triangular inverse is formed once (R × R) and applied with two
-    GEMMs: LAPACK's ``potrs``/``trtrs`` through SciPy are far slower for these tiny
-    systems (thread start-up in a second BLAS).
-    """
-    if is_torch(low):
-        import torch
-
-        if low.dtype.is_complex:  # M V⁻¹ = (V⁻¹ Mᴴ)ᴴ for Hermitian V
-            return torch.cholesky_solve(m.conj().T, low).conj().T
-        return torch.cholesky_solve(m.T, low).T
-    linv = np.linalg.inv(low)
-    if np.iscomplexobj(linv):
-        return (m @ linv.conj().T) @ linv
-    return (m @ linv.T) @ linv
+    if low.dtype.is_complex:  # M V⁻¹ = (V⁻¹ Mᴴ)ᴴ for Hermitian V
+        return torch.cholesky_solve(m.conj().T, low).conj().T
+    return torch.cholesky_solve(m.T, low).T
 
 
 def solve_normal(m: Array, v: Array, log: SolveLog, mode: int, ridge: float = 0.0) -> Array:
@@ -93,6 +83,8 @@ def solve_normal(m: Array, v: Array, log: SolveLog, mode: int, ridge: float = 0.
     applied and recorded in ``log`` when V is numerically singular. The result is always
     finite.
     """
+    if is_numpy(m) and is_numpy(v):
+        return _solve_numpy(m, v, log, mode, ridge)
     xp = namespace(m, v)
     if ridge > 0:
         v = v + ridge * xp.eye(int(v.shape[0]), dtype=v.dtype, device=device(v))
@@ -114,7 +106,47 @@ def solve_normal(m: Array, v: Array, log: SolveLog, mode: int, ridge: float = 0.
             a = _cho_solve(low, m)
             if _all_finite(xp, a):
                 return a
-    # Pseudo-inverse from the eigen-decomposition (V is symmetric, or Hermitian).
+    return _pinv_solve(m, v, log, mode)
+
+
+@functools.cache
+def _lapack(dtype: np.dtype) -> tuple[Any, Any]:
+    return lapack.get_lapack_funcs(("potrf", "trtri"), dtype=dtype)
+
+
+def _solve_numpy(m: np.ndarray, v: np.ndarray, log: SolveLog, mode: int, ridge: float) -> Array:
+    """:func:`solve_normal` for NumPy arrays, with LAPACK's ``potrf`` and ``trtri`` called
+    directly: for these R × R systems ``numpy.linalg``'s and the array-API wrappers'
+    per-call checks cost several times the factorisation itself. ``M V⁻¹ = (M L⁻ᴴ) L⁻¹``
+    is applied as two GEMMs with the small triangular inverse (``potrs``/``trsm`` are
+    slower for these tiny systems); forming ``V⁻¹`` first would save one GEMM on ``M``
+    but squares the conditioning it is computed with: ALS then stops being monotone on
+    nearly singular (still accepted) V."""
+    if ridge > 0:
+        v = v + ridge * np.eye(v.shape[0])
+    potrf, trtri = _lapack(v.dtype)
+    low, info = potrf(v, lower=1)
+    if info == 0:  # V's diagonal is positive: only the pivots' spread is left to check
+        d = low.diagonal().real.tolist()  # R numbers: faster in Python than as reductions
+        dmin, dmax = min(d), max(d)
+        if dmax > 0 and (dmin / dmax) ** 2 >= _RCOND:
+            linv, info = trtri(low, lower=1)
+            if info == 0:
+                a = (m @ conj(linv).T) @ linv
+                if np.isfinite(a).all():  # a small array: cheaper than a guarded sum
+                    return a
+    vmax = float(v.diagonal().real.max())
+    if not math.isfinite(vmax) or vmax <= 0.0:
+        log.zero_solves += 1
+        log.modes.add(mode)
+        return np.zeros_like(m)
+    return _pinv_solve(m, v, log, mode)
+
+
+def _pinv_solve(m: Array, v: Array, log: SolveLog, mode: int) -> Array:
+    """The minimum-norm least-squares ``A V = M`` from V's eigen-decomposition (V is
+    symmetric, or Hermitian), logged."""
+    xp = namespace(m, v)
     w, q = xp.linalg.eigh((v + conj(v).T) / 2)
     wmax = float(xp.max(w))
     keep = w > _PINV_RCOND * wmax

@@ -43,6 +43,7 @@ from .._backend import (
     is_numpy,
     is_torch,
     namespace,
+    numpy_dtype,
     scalar,
     shape_tuple,
 )
@@ -51,7 +52,7 @@ from ..cp import CPTensor
 from ..errors import CPTensorError, CPTensorTypeError
 from ..keywords import tensorly_keywords
 from ..operator import is_operator
-from ..products import _best_split, _contract_rank_first, _khatri_rao_t
+from ..products import _best_split, _contract_rank_first, _khatri_rao_t, _matmul
 from ._common import (
     check_callback,
     check_fixed_modes,
@@ -62,11 +63,13 @@ from ._common import (
     coerce_start,
     eps_of,
     magnitude_scale,
+    norm_within_scale,
     prepare_mask,
     progress_bar,
     reduce_elements,
     rescaled,
     resolve_start,
+    scratch,
     sum_squares64,
     sum_squares_chunk,
 )
@@ -136,7 +139,7 @@ class _Dense:
         if self.left_rank_last:
             p = contiguous((self.flat @ krt.T).T)
         else:
-            p = krt @ self.flat.T
+            p = _matmul(krt, self.flat.T)
         return self.xp.reshape(p, (int(krt.shape[0]), *self.shape[: self.k]))
 
     def partial_right(self, factors: Sequence[Array]) -> Array:
@@ -144,7 +147,7 @@ class _Dense:
         ``KR(A_left)ᵀ @ X`` with ``x`` untransposed: up to twice as fast in OpenBLAS as
         ``Xᵀ @ KR(A_left)``, which makes BLAS walk ``x`` across its rows)."""
         klt = _khatri_rao_t(factors[: self.k], None, factors[0])
-        p = klt @ self.flat
+        p = _matmul(klt, self.flat)
         return self.xp.reshape(p, (int(klt.shape[0]), *self.shape[self.k :]))
 
     def finish_left(self, p: Array, mats: Sequence[Array], mode: int) -> Array:
@@ -173,7 +176,12 @@ class _Dense:
         passes over the partials of the top level). ``mats()`` gives the current factors
         to contract with; ``update(mode, m)`` stores mode ``mode``'s update from its
         MTTKRP ``m`` (``(I_mode, R)``).
+
+        For torch CPU data the tree runs on NumPy views of ``p`` and of the factors: its
+        batched row-vector × matrix products are about 3x as fast in NumPy as in torch.
         """
+        if is_torch(p) and _on_host(p):
+            p, mats = p.numpy(force=True), _numpy_views(mats)
         dims = shape_tuple(p)[1:]
         hi = lo + len(dims)
         if not any(lo <= n < hi for n in free):
@@ -184,17 +192,17 @@ class _Dense:
             return
         j = _best_split(dims)
         a, b = math.prod(dims[:j]), math.prod(dims[j:])
-        p3 = self.xp.reshape(p, (rank, a, b))
+        p3 = p.reshape((rank, a, b))
         if any(lo <= n < lo + j for n in free):
             ms = mats()
             kr = _khatri_rao_t(ms[lo + j : hi], None, ms[lo])
             q = _contract_trailing(p3, kr)
-            self.tree(self.xp.reshape(q, (rank, *dims[:j])), lo, free, mats, update)
+            self.tree(q.reshape((rank, *dims[:j])), lo, free, mats, update)
         if any(lo + j <= n < hi for n in free):
             ms = mats()
             kr = _khatri_rao_t(ms[lo : lo + j], None, ms[lo])
             q = _contract_leading(p3, kr)
-            self.tree(self.xp.reshape(q, (rank, *dims[j:])), lo + j, free, mats, update)
+            self.tree(q.reshape((rank, *dims[j:])), lo + j, free, mats, update)
 
     def reconstruct_flat(self, factors: Sequence[Array], lam: Array) -> Array:
         klt = _khatri_rao_t(factors[: self.k], lam, factors[0])
@@ -209,9 +217,39 @@ class _Dense:
         step = max(1, reduce_elements(self.flat) // max(1, self.right))
         total: Any = 0.0
         for start in range(0, self.left, step):
-            diff = self.flat[start : start + step] - kl[start : start + step] @ krt
+            diff = _minus_product(self.flat[start : start + step], kl[start : start + step], krt)
             total = total + sum_squares_chunk(xp, diff)
         return float(total)
+
+
+def _minus_product(x: Array, a: Array, b: Array) -> Array:
+    """``x − a @ b`` in one pass over the product (torch's ``addmm`` fuses the subtraction
+    into the GEMM; NumPy overwrites the product with the difference). For data in CPU
+    memory the result is a NumPy view of the thread's reused ``"residual"`` scratch array
+    (:func:`~cptensor.fit._common.scratch`), valid until the next call."""
+    if _on_host(x):
+        out = scratch("residual", (int(a.shape[0]), int(b.shape[1])), numpy_dtype(x.dtype))
+        if is_torch(x):
+            import torch
+
+            torch.addmm(x, a, b, alpha=-1, out=torch.from_numpy(out))
+            return out
+        np.matmul(a, b, out=out)
+        return np.subtract(x, out, out=out)
+    if is_torch(x):
+        import torch
+
+        return torch.addmm(x, a, b, alpha=-1)
+    return x - a @ b
+
+
+def _numpy_views(mats: Callable[[], Sequence[Array]]) -> Callable[[], list[np.ndarray]]:
+    """``mats`` giving NumPy views of its torch CPU tensors (conjugation resolved)."""
+
+    def views() -> list[np.ndarray]:
+        return [m.numpy(force=True) for m in mats()]
+
+    return views
 
 
 def _contract_trailing(p: Array, kr: Array) -> Array:
@@ -239,30 +277,51 @@ class _State:
     ``A_nᵀ conj(A_n) = conj(A_nᴴ A_n)``: their Hadamard product over the other modes is the
     matrix of the normal equations ``A_n conj(V) = X_(n) conj(KR)``, and MTTKRPs are taken
     with the conjugated factors (:meth:`mats`).
+
+    Besides ``factors`` (the working dtype and backend, for the products with ``x``) the
+    state keeps ``f64``, each factor in float64 as rounded to the working dtype, and
+    ``lam64``, ``grams``: the small ``R × R`` and ``I_n × R`` algebra of an update runs on
+    these. For data in CPU memory (NumPy, torch CPU) they are NumPy arrays (zero-copy views
+    of torch tensors where the dtype allows): there a sweep's small operations, a few
+    microseconds each in NumPy and LAPACK, cost several times more as torch or array-API
+    calls, which are most of a sweep's time on small tensors.
     """
 
     def __init__(
         self, factors: list[Array], lam: Array, free: Sequence[int], normalized: bool = True
     ) -> None:
         self.xp = namespace(factors[0])
+        self.host = _on_host(factors[0])
+        self.sp = np if self.host else self.xp  # the namespace of the float64 arrays
         self.factors = list(factors)
         self.free = list(free)
         self.dtype = factors[0].dtype
         self.normalized = normalized
         self.complex = is_complex(factors[0])
-        xp = self.xp
-        lam64 = _f64(xp, lam)
+        self.f64 = [self.small64(f) for f in self.factors]
+        lam64 = self.small64(lam)
         for n in self.free if normalized else ():  # normalize free factors, norms into λ
-            a64 = _f64(xp, self.factors[n])
-            norms = xp.sqrt(xp.sum(abs2(a64), axis=0))
+            a64 = self.f64[n]
+            norms = _column_norms(self.sp, a64)
             lam64 = lam64 * norms
-            self.factors[n] = xp.astype(a64 / xp.where(norms > 0, norms, 1.0), self.dtype)
+            self._store(n, a64 / self.sp.where(norms > 0, norms, 1.0))
         self.lam64 = lam64
-        self.grams = [self._gram(f) for f in self.factors]
+        self.grams = [a64.T @ conj(a64) for a64 in self.f64]
 
-    def _gram(self, f: Array) -> Array:
-        a64 = _f64(self.xp, f)
-        return a64.T @ conj(a64)
+    def small64(self, a: Array) -> Array:
+        """``a`` (a factor, the weights or an MTTKRP) as a float64 (complex128) array of
+        the small algebra: no copy when it already is one."""
+        if self.host:
+            return _host64(a)
+        return _f64(self.xp, a)
+
+    def _store(self, mode: int, a64: Array) -> None:
+        """Set factor ``mode`` to ``a64`` rounded to the working dtype."""
+        if self.host:
+            self.factors[mode], self.f64[mode] = _host_factor(a64, self.factors[mode])
+        else:
+            self.factors[mode] = self.xp.astype(a64, self.dtype)
+            self.f64[mode] = _f64(self.xp, self.factors[mode])
 
     def mats(self) -> list[Array]:
         """The factors to take MTTKRPs with: conjugated for complex data."""
@@ -270,13 +329,14 @@ class _State:
 
     @property
     def lam(self) -> Array:
+        if self.host:
+            return _host_factor(self.lam64, self.factors[0])[0]
         return self.xp.astype(self.lam64, self.dtype)
 
     def copy(self) -> _State:
         new = object.__new__(_State)
-        new.xp, new.dtype, new.free = self.xp, self.dtype, self.free
-        new.normalized, new.complex = self.normalized, self.complex
-        new.factors, new.grams, new.lam64 = list(self.factors), list(self.grams), self.lam64
+        new.__dict__.update(self.__dict__)
+        new.factors, new.f64, new.grams = list(self.factors), list(self.f64), list(self.grams)
         return new
 
     def v_except(self, mode: int) -> Array:
@@ -292,25 +352,62 @@ class _State:
             v = v * g
         if not self.complex:
             return float(self.lam64 @ (v @ self.lam64))
-        lam = self.xp.astype(self.lam64, v.dtype)  # torch's matmul does not promote
-        return float(self.xp.real(lam @ (v @ conj(lam))))
+        lam = self.lam64 if self.host else self.xp.astype(self.lam64, v.dtype)  # no promotion
+        return float(self.sp.real(lam @ (v @ conj(lam))))
+
+    def inner(self, mode: int, m64: Array) -> float:
+        """``Re ⟨X, M⟩`` from mode ``mode``'s float64 MTTKRP ``m64`` (taken with the
+        conjugated factors for complex data) and the current model."""
+        if self.complex:
+            a64 = conj(self.f64[mode])
+            return float(self.sp.real(self.sp.sum(m64 * a64 * conj(self.lam64))))
+        return float(self.sp.sum(m64 * self.f64[mode] * self.lam64))
 
     def set_factor(self, mode: int, b64: Array) -> None:
         """Store an unnormalized float64 update: normalize, norms become the weights (kept
         as it is, weights untouched, when the state is not normalized)."""
-        xp = self.xp
-        if not self.normalized:
-            self.factors[mode] = xp.astype(b64, self.dtype)
-            self.grams[mode] = self._gram(self.factors[mode])
-            return
-        norms = xp.sqrt(xp.sum(abs2(b64), axis=0))
-        a64 = b64 / xp.where(norms > 0, norms, 1.0)
-        self.factors[mode] = xp.astype(a64, self.dtype)
-        self.grams[mode] = self._gram(self.factors[mode])
-        self.lam64 = norms
+        if self.normalized:
+            norms = _column_norms(self.sp, b64)
+            b64 = b64 / self.sp.where(norms > 0, norms, 1.0)
+            self.lam64 = norms
+        self._store(mode, b64)
+        a64 = self.f64[mode]
+        self.grams[mode] = a64.T @ conj(a64)
 
     def cp(self) -> CPTensor:
         return CPTensor(self.lam, self.factors)
+
+
+def _column_norms(sp: Any, a: Array) -> Array:
+    """The Euclidean norms of the columns of ``a`` (``sp``: its namespace; an ``einsum``
+    for NumPy, which is twice as fast as a sum over the first axis)."""
+    if sp is np:
+        return np.sqrt(np.einsum("ir,ir->r", conj(a), a).real)
+    return sp.sqrt(sp.sum(abs2(a), axis=0))
+
+
+def _on_host(a: Array) -> bool:
+    """True for an array in CPU memory that NumPy can view (NumPy, torch CPU)."""
+    return is_numpy(a) or (is_torch(a) and a.device.type == "cpu")
+
+
+def _host64(a: Array) -> np.ndarray:
+    """A CPU array as a float64 (complex128) NumPy array: a view when it is one already."""
+    if is_torch(a):
+        a = a.numpy(force=True)  # no copy for a CPU tensor (resolves lazy conjugation)
+    return a.astype(np.complex128 if a.dtype.kind == "c" else np.float64, copy=False)
+
+
+def _host_factor(a64: np.ndarray, like: Array) -> tuple[Array, np.ndarray]:
+    """``a64`` rounded to ``like``'s dtype, as ``like``'s kind of array (a torch tensor
+    sharing the NumPy array's memory), and the rounded values in float64."""
+    if is_torch(like):
+        import torch
+
+        a = a64.astype(numpy_dtype(like.dtype), copy=False)
+        return torch.from_numpy(a), _host64(a)
+    a = a64.astype(like.dtype, copy=False)
+    return a, _host64(a)
 
 
 def _hals(m64: Array, v: Array, b64: Array, ridge: float) -> Array:
@@ -483,10 +580,13 @@ def fit_als(
             )
         masked = None
     else:
-        masked = prepare_mask(x, mask)
         x = contiguous(x)
         if getattr(x, "requires_grad", False):  # fitting is not differentiated: no graph
             x = x.detach()
+        # A finite sum of squares proves every entry finite: prepare_mask's read of x is
+        # then not needed.
+        norm_x2 = sum_squares64(namespace(x), x) if mask is None else math.inf
+        masked = None if math.isfinite(norm_x2) else prepare_mask(x, mask)
     eps = eps_of(dtype)
 
     # -- data norms -------------------------------------------------------------------
@@ -498,7 +598,10 @@ def fit_als(
         xp_x = namespace(x)
         x_obs = x if masked is None else xp_x.where(masked, x, xp_x.zeros_like(x))
         # l2_reg's objective is not scale-invariant (rescaling x would change the fit)
-        s = magnitude_scale(xp_x, x_obs) if not l2_reg else 1.0
+        if l2_reg or (masked is None and norm_within_scale(norm_x2, math.prod(shape))):
+            s = 1.0
+        else:
+            s = magnitude_scale(xp_x, x_obs)
         if s != 1.0:  # tiny or huge data: fit an exact power-of-two rescaling of it
             return rescaled(
                 fit_als,
@@ -517,7 +620,8 @@ def fit_als(
                 line_search=line_search,
                 progress=progress,
             )
-        norm_x2 = sum_squares64(xp_x, x_obs)
+        if masked is not None or not math.isfinite(norm_x2):
+            norm_x2 = sum_squares64(xp_x, x_obs)
 
     # -- start ------------------------------------------------------------------------
     if start is None:
@@ -589,10 +693,10 @@ def fit_als(
         def update(n: int, m: Array) -> None:
             """Mode ``n``'s update from its MTTKRP ``m`` (converted to float64 once)."""
             nonlocal last
-            m64 = _f64(xp, m)
+            m64 = st.small64(m)
             v = st.v_except(n)
             if n in nn:
-                b64 = _hals(m64, v, _f64(xp, st.factors[n]) * st.lam64, penalty)
+                b64 = _hals(m64, v, st.f64[n] * st.lam64, penalty)
             else:
                 b64 = solve_normal(m64, v, log, n, penalty)
             st.set_factor(n, b64)
@@ -614,11 +718,8 @@ def fit_als(
     def cheap_err2(st: _State, inner: float) -> float:
         return max(norm_x2 + st.model_norm_sq() - 2.0 * inner, 0.0)
 
-    def inner_from_mttkrp(st: _State, mode: int, m64: Array) -> float:
-        if st.complex:  # Re Σ X·conj(M), from the MTTKRP with conjugated factors
-            a64 = conj(_f64(xp, st.factors[mode]))
-            return float(xp.real(xp.sum(m64 * a64 * conj(st.lam64))))
-        return float(xp.sum(m64 * _f64(xp, st.factors[mode]) * st.lam64))
+    def inner_from_mttkrp(st: _State, mode: int, m: Array) -> float:
+        return st.inner(mode, st.small64(m))
 
     def exact_err2(st: _State) -> tuple[float, bool]:
         if masked is not None:
@@ -639,7 +740,7 @@ def fit_als(
         else:
             dense.cache = dense.partial_left(mats0)  # reused by the first sweep
             m0 = dense.finish_left(dense.cache, mats0, 0)
-        ip, mn = inner_from_mttkrp(state, 0, _f64(xp, m0)), state.model_norm_sq()
+        ip, mn = inner_from_mttkrp(state, 0, m0), state.model_norm_sq()
         if ip > 0 and mn > 0:
             state.lam64 = state.lam64 * (ip / mn)
 
@@ -674,13 +775,13 @@ def fit_als(
                     margin = 0.0
                 elif op:
                     m0 = x.mttkrp(cand.factors, 0)
-                    e2c = cheap_err2(cand, inner_from_mttkrp(cand, 0, _f64(xp, m0)))
+                    e2c = cheap_err2(cand, inner_from_mttkrp(cand, 0, m0))
                     margin = 10 * eps * norm_x2
                 else:
                     mats_c = cand.mats()
                     p_c = dense.partial_left(mats_c)
                     m0 = dense.finish_left(p_c, mats_c, 0)
-                    e2c = cheap_err2(cand, inner_from_mttkrp(cand, 0, _f64(xp, m0)))
+                    e2c = cheap_err2(cand, inner_from_mttkrp(cand, 0, m0))
                     margin = 10 * eps * norm_x2
                 if e2c < err2 - margin:
                     ls_accepted += 1
@@ -735,7 +836,7 @@ def fit_als(
     else:
         if math.isinf(err2):  # max_iter == 0: nothing computed yet
             m = x.mttkrp(state.factors, 0)
-            err2 = cheap_err2(state, inner_from_mttkrp(state, 0, _f64(xp, m)))
+            err2 = cheap_err2(state, inner_from_mttkrp(state, 0, m))
         method = (
             "float64 cheap formula ‖X‖²+‖M‖²−2⟨X,M⟩ (operator has no residual_norm): "
             f"absolute error² accurate to about {10 * eps:.1e}·‖X‖²"
@@ -751,7 +852,7 @@ def fit_als(
     )
     if masked is not None:
         info["missing"] = "EM imputation ALS; rel_error over observed entries"
-    cp = fix_signs(arrange(state.cp()))
+    cp = _arranged(state.cp())
     return CPFit(
         cp=cp,
         fit=1.0 - rel,
@@ -773,17 +874,30 @@ def _extrapolate(before: _State, after: _State, step: float, nn: Collection[int]
     xp = after.xp
     cand = after.copy()
     last = after.free[-1]
-    lam = xp.astype(xp.ones_like(after.lam64), after.dtype)
+    lam = xp.ones_like(after.lam)
     for n in after.free:
         a0, a1 = before.factors[n], after.factors[n]
         if n == last:
-            a0 = a0 * xp.astype(before.lam64, after.dtype)
-            a1 = a1 * xp.astype(after.lam64, after.dtype)
+            a0 = a0 * before.lam
+            a1 = a1 * after.lam
         c = a0 + step * (a1 - a0)
         if n in nn:
             c = xp.clip(c, 0.0, None)
         cand.factors[n] = c
     return _State(cand.factors, lam, after.free, after.normalized)
+
+
+def _arranged(cp: CPTensor) -> CPTensor:
+    """``fix_signs(arrange(cp))``; for torch CPU tensors computed on NumPy views (a few
+    dozen operations on small arrays, each several times cheaper in NumPy than in torch)
+    and handed back as torch tensors."""
+    if not (is_torch(cp.weights) and _on_host(cp.weights)):
+        return fix_signs(arrange(cp))
+    import torch
+
+    views = CPTensor(cp.weights.numpy(force=True), [f.numpy(force=True) for f in cp.factors])
+    out = fix_signs(arrange(views))
+    return CPTensor(torch.from_numpy(out.weights), [torch.from_numpy(f) for f in out.factors])
 
 
 def _make_start(
