@@ -8,8 +8,9 @@ scored on the full dev set (872 sentences). The classifier head is trained in ev
 Methods (``METHODS``): PEFT LoRA r = 8 on Q and V (the paper's baseline), the head alone,
 and LoRTA variants — the first release's initialisation, the paper's code (its
 initialisation and head split), the scale-free ``init="scaled"``, with CP-preconditioned
-AdamW, with a gradient-aligned start, and a tuned combination at r = 8 and 16 (see
-``cptensor_adapters.inits``, ``.optim`` and ``.grad_align``).
+AdamW, with a gradient-aligned start, a tuned combination at r = 8 and 16, the tuned
+combination with one more change each, and on other tensor structures (one CP tensor per
+layer or per matrix type; see ``cptensor_adapters.inits``, ``.optim`` and ``.grad_align``).
 
 Learning rates and alphas come from one small sweep, the same for every method: each pair
 in ``Method.lrs × Method.alphas`` is trained for ``SWEEP_FRACTION`` of the budget (200
@@ -46,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._timing import format_table
+from cptensor_adapters.layout import Layout
 
 # ---- the protocol, recorded -------------------------------------------------------------
 STEPS = 500
@@ -86,7 +88,7 @@ class Method:
     lr: float
     alpha: float | None
     r: int = 8
-    layout: str = "lorta"
+    layout: str | Layout = "lorta"
     init: str = "default"
     head_split: str = "auto"
     lr_ratios: tuple[tuple[str, float], ...] = ()
@@ -100,6 +102,8 @@ class Method:
 # The methods, in the order they run and are tabulated. The sweep's choices (lr, alpha) are
 # those recorded in docs/bench-results/sst2.md.
 COEFFICIENTS_X4 = (("head", 4.0), ("layer", 4.0), ("matrix", 4.0))  # LoRA+-style rates
+PER_LAYER = Layout(("out", "in", "head", "matrix"), ("layer",), "per_layer")
+PER_MATRIX = Layout(("out", "in", "head", "layer"), ("matrix",), "per_matrix")
 
 
 def _tuned(*protocol: Any, **changes: Any) -> Method:
@@ -174,6 +178,22 @@ METHODS: dict[str, Method] = {
     ),
     "LoRTA r=8 tuned, weight decay 0.1": _tuned(
         SCALED_LRS, (16.0,), (0,), 4e-3, 16.0, weight_decay=0.1
+    ),
+    # The tuned recipe on other tensor structures (added 2026-12-02, 18:41-19:14 UTC): one
+    # CP tensor per layer (the layers share nothing: does the gap come from every layer
+    # sharing one subspace?) at r = 8, 4, 2, and one per matrix type at r = 4 (within the
+    # moonshot's 10x budget).
+    "LoRTA r=8 tuned, a tensor per layer": _tuned(
+        SCALED_LRS, (16.0,), SEEDS_MANY, 4e-3, 16.0, layout=PER_LAYER
+    ),
+    "LoRTA r=2 tuned, a tensor per layer": _tuned(
+        SCALED_LRS, (4.0,), SEEDS_MANY, 1.6e-2, 4.0, r=2, layout=PER_LAYER
+    ),
+    "LoRTA r=4 tuned, a tensor per layer": _tuned(
+        SCALED_LRS, (8.0,), SEEDS_MANY, 8e-3, 8.0, r=4, layout=PER_LAYER
+    ),
+    "LoRTA r=4 tuned, a tensor per matrix": _tuned(
+        SCALED_LRS, (8.0,), SEEDS_MANY, 8e-3, 8.0, r=4, layout=PER_MATRIX
     ),
     "LoRTA r=16 tuned": _tuned(SCALED_LRS, (16.0, 32.0), SEEDS_MANY, 8e-3, 32.0, r=16),
     "head only": Method("head", HEAD_LRS, (None,), (0,), 1.0, None),

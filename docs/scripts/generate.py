@@ -569,6 +569,7 @@ SST2_CURVES = (
     "LoRTA r=8 scaled",
     "LoRTA r=8 tuned",
     "LoRTA r=16 tuned",
+    "LoRTA r=8 tuned, a tensor per layer",
 )
 
 
